@@ -1,0 +1,100 @@
+"""Rich tables for the CLI's lists."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+STATUS_STYLES = {
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+    "active": "cyan",
+    "running": "cyan",
+    "queued": "white",
+    "delayed": "yellow",
+    "pending": "dim",
+    "awaiting_input": "bold yellow",
+}
+
+
+def status_text(status: str) -> str:
+    style = STATUS_STYLES.get(status, "white")
+    return f"[{style}]{status}[/]"
+
+
+def short_time(value: str | None) -> str:
+    if not value:
+        return "-"
+    return value.replace("T", " ")[:19]
+
+
+def jobs_table(items: list[dict[str, Any]]) -> Table:
+    table = Table(show_lines=False)
+    for column in ("id", "task", "queue", "status", "priority", "attempts", "created"):
+        table.add_column(column)
+    for job in items:
+        table.add_row(
+            job["id"],
+            job["task"],
+            job["queue"],
+            status_text(job["status"]),
+            job["priority"],
+            f"{job['attempts']}/{job['max_attempts']}",
+            short_time(job["created_at"]),
+        )
+    return table
+
+
+def queues_table(items: list[dict[str, Any]]) -> Table:
+    table = Table()
+    columns = (
+        "queue",
+        "paused",
+        "queued",
+        "delayed",
+        "active",
+        "waiting",
+        "completed",
+        "failed",
+        "cancelled",
+        "avg ms",
+        "success",
+    )
+    for column in columns:
+        table.add_column(column)
+    for q in items:
+        c = q["counts"]
+        table.add_row(
+            q["name"],
+            "[yellow]yes[/]" if q["paused"] else "no",
+            str(c["queued"]),
+            str(c["delayed"]),
+            str(c["active"]),
+            str(c["awaiting_input"]),
+            str(c["completed"]),
+            str(c["failed"]),
+            str(c["cancelled"]),
+            "-" if q["avg_run_ms"] is None else f"{q['avg_run_ms']:.1f}",
+            "-" if q["success_rate"] is None else f"{q['success_rate'] * 100:.1f}%",
+        )
+    return table
+
+
+def workers_table(items: list[dict[str, Any]]) -> Table:
+    table = Table()
+    for column in ("worker", "kind", "host", "pid", "status", "load", "queues", "last heartbeat"):
+        table.add_column(column)
+    for w in items:
+        table.add_row(
+            w["worker_id"],
+            w.get("kind", "-"),
+            w["hostname"],
+            str(w.get("pid") or "-"),
+            status_text(w["status"]),
+            f"{w['current_load']}/{w['max_concurrency']}",
+            ",".join(w["queues"] or ["*"]),
+            short_time(w["last_heartbeat"]),
+        )
+    return table

@@ -1,0 +1,212 @@
+"""What the engine takes and returns. Plain dataclasses; the API has its own schemas."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from conveyor.domain.priority import Priority
+from conveyor.domain.retry import Backoff
+
+JsonObject = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDefaults:
+    """What a registered task says about how its jobs run."""
+
+    queue: str = "default"
+    max_attempts: int = 3
+    backoff: Backoff = field(default_factory=Backoff)
+    timeout_s: float | None = None
+    priority: Priority = Priority.MEDIUM
+
+
+class TaskCatalog(Protocol):
+    """The registered tasks the engine may enqueue (implemented by the SDK's app)."""
+
+    def task_defaults(self, name: str) -> TaskDefaults | None:
+        """Defaults for ``name``, or ``None`` if no such task is registered."""
+
+    def validate_input(self, name: str, data: JsonObject) -> None:
+        """Raise :class:`InvalidInputError` if ``data`` cannot be the task's input."""
+
+
+@dataclass(slots=True)
+class JobSpec:
+    """A request to run one task once (the engine fills the task's defaults)."""
+
+    task: str
+    input: JsonObject | None = None
+    queue: str | None = None
+    priority: Priority | str | int | None = None
+    max_attempts: int | None = None
+    backoff: Backoff | None = None
+    delay_s: float | None = None
+    run_at: datetime | None = None
+    timeout_s: float | None = None
+    idempotency_key: str | None = None
+    metadata: JsonObject | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job as clients see it. ``status`` may be ``delayed`` (queued, not yet due)."""
+
+    id: str
+    task: str
+    queue: str
+    status: str
+    priority: Priority
+    run_at: datetime
+    attempts: int
+    max_attempts: int
+    backoff: Backoff
+    timeout_s: float | None
+    input: JsonObject | None
+    result: Any
+    error: JsonObject | None
+    progress: int
+    progress_message: str | None
+    worker_id: str | None
+    cancel_requested: bool
+    owner: str
+    idempotency_key: str | None
+    execution_id: str | None
+    step_id: str | None
+    depends_on: list[str] | None
+    metadata: JsonObject | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    job: Job
+    created: bool  # False when an idempotency key returned an existing job
+
+
+@dataclass(slots=True)
+class ClaimedJob:
+    """A job leased to a worker: everything the worker needs to run it."""
+
+    id: str
+    task: str
+    queue: str
+    input: JsonObject | None
+    attempt: int
+    max_attempts: int
+    lease_token: str
+    timeout_s: float | None
+    owner: str
+    execution_id: str | None
+    step_id: str | None
+    metadata: JsonObject | None
+    cancel_requested: bool
+    dependencies: dict[str, Any] = field(default_factory=dict)
+
+
+# -- outcomes a worker reports, settled in batches --------------------------------------
+
+
+@dataclass(slots=True)
+class Completed:
+    job_id: str
+    token: str
+    result: Any
+
+
+@dataclass(slots=True)
+class Failed:
+    job_id: str
+    token: str
+    error: JsonObject
+    retryable: bool = True
+
+
+@dataclass(slots=True)
+class Cancelled:
+    """The attempt stopped because a cancel was requested."""
+
+    job_id: str
+    token: str
+
+
+@dataclass(slots=True)
+class Released:
+    """The worker gives the job back without running it to the end (drain)."""
+
+    job_id: str
+    token: str
+
+
+@dataclass(slots=True)
+class Progress:
+    job_id: str
+    token: str
+    percent: int
+    message: str | None
+
+
+Outcome = Completed | Failed | Cancelled | Released | Progress
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    worker_id: str
+    limit: int
+    queues: list[str] | None  # None: every queue
+    tasks: list[str] | None  # None: every task (the worker must know them all)
+    lease_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    claimed: list[ClaimedJob]
+    lost: frozenset[str]  # outcomes refused: the lease was no longer theirs
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRenewal:
+    renewed: frozenset[str]
+    lost: frozenset[str]
+    cancel_requested: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    name: str
+    paused: bool
+    counts: dict[str, int]
+    avg_run_ms: float | None
+    success_rate: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    id: str
+    hostname: str
+    pid: int | None
+    kind: str
+    queues: list[str] | None
+    capabilities: list[str] | None
+    max_concurrency: int
+    current_load: int
+    status: str  # active | idle | busy | draining | unhealthy | stopped
+    metadata: JsonObject | None
+    started_at: datetime
+    last_heartbeat: datetime
+
+    @property
+    def utilization(self) -> float:
+        if self.max_concurrency <= 0:
+            return 0.0
+        return round(self.current_load / self.max_concurrency, 4)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Any]
+    next_cursor: str | None

@@ -1,0 +1,150 @@
+"""Table definitions (SQLAlchemy Core). Alembic migrations create exactly these."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+from conveyor.store.types import UtcDateTime, json_type
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ID = String(36)
+OWNER = String(128)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("task", String(200), nullable=False),
+    Column("queue", String(100), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("run_at", UtcDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("max_attempts", Integer, nullable=False),
+    Column("backoff", json_type()),
+    Column("timeout_s", Float),
+    Column("input", json_type()),
+    Column("result", json_type()),
+    Column("error", json_type()),
+    Column("progress", SmallInteger, nullable=False, server_default=text("0")),
+    Column("progress_message", Text),
+    Column("lease_token", String(32)),
+    Column("lease_expires_at", UtcDateTime),
+    Column("worker_id", String(64)),
+    Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
+    # times this job's lease expired under a worker (a poison job kills its workers)
+    Column("lost_count", Integer, nullable=False, server_default=text("0")),
+    Column("owner", OWNER, nullable=False),
+    Column("idempotency_key", String(200)),
+    Column("request_hash", String(64)),
+    Column("execution_id", ID),
+    Column("step_id", String(100)),
+    Column("depends_on", json_type()),
+    Column("deps_pending", Integer, nullable=False, server_default=text("0")),
+    Column("metadata", json_type()),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("started_at", UtcDateTime),
+    Column("finished_at", UtcDateTime),
+    Index(
+        "ix_jobs_claim",
+        "priority",
+        "run_at",
+        "id",
+        sqlite_where=text("status = 'queued'"),
+        postgresql_where=text("status = 'queued'"),
+    ),
+    Index(
+        "ix_jobs_lease",
+        "lease_expires_at",
+        sqlite_where=text("status = 'active'"),
+        postgresql_where=text("status = 'active'"),
+    ),
+    Index(
+        "ux_jobs_idempotency",
+        "owner",
+        "idempotency_key",
+        unique=True,
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
+    Index(
+        "ux_jobs_step",
+        "execution_id",
+        "step_id",
+        unique=True,
+        sqlite_where=text("execution_id IS NOT NULL"),
+        postgresql_where=text("execution_id IS NOT NULL"),
+    ),
+    Index("ix_jobs_owner_id", "owner", "id"),
+    Index("ix_jobs_queue_status", "queue", "status"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    # assigned from event_counter inside the writing transaction: gap-free, commit-ordered
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("type", String(50), nullable=False),
+    Column("owner", OWNER, nullable=False),
+    Column("job_id", ID),
+    Column("execution_id", ID),
+    Column("step_id", String(100)),
+    Column("queue", String(100)),
+    Column("data", json_type()),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index("ix_events_job", "job_id", "id"),
+    Index("ix_events_execution", "execution_id", "id"),
+)
+
+event_counter = Table(
+    "event_counter",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("last_id", BigInteger, nullable=False),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("hostname", String(255), nullable=False),
+    Column("pid", Integer),
+    Column("kind", String(20), nullable=False),
+    Column("queues", json_type()),
+    Column("capabilities", json_type()),
+    Column("max_concurrency", Integer, nullable=False),
+    Column("current_load", Integer, nullable=False, server_default=text("0")),
+    Column("status", String(20), nullable=False),
+    Column("metadata", json_type()),
+    Column("owner", OWNER),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("last_heartbeat", UtcDateTime, nullable=False),
+)
+
+queues = Table(
+    "queues",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
+    Column("updated_at", UtcDateTime, nullable=False),
+)

@@ -1,0 +1,35 @@
+"""The example app the README uses: ``conveyor worker --app examples.app:app``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from conveyor import Context, Conveyor
+
+app = Conveyor("examples")
+
+
+@app.task(retries=3, timeout=60)
+async def add(ctx: Context, a: int, b: int) -> int:
+    """Add two numbers (the smallest possible task)."""
+    return a + b
+
+
+@app.task
+async def slow_count(ctx: Context, to: int = 10, delay_s: float = 0.5) -> int:
+    """Count slowly, reporting progress; stops early when cancelled."""
+    for i in range(1, to + 1):
+        if ctx.cancelled:
+            ctx.raise_if_cancelled()
+        await asyncio.sleep(delay_s)
+        ctx.progress(100 * i / to, f"counted {i} of {to}")
+    return to
+
+
+@app.task(retries=0)
+def word_count(ctx: Context, text: str) -> dict[str, int]:
+    """A synchronous task: it runs in a worker thread."""
+    counts: dict[str, int] = {}
+    for word in text.lower().split():
+        counts[word] = counts.get(word, 0) + 1
+    return counts
