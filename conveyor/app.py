@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, overload
 
+from conveyor.domain.graph import Step, WorkflowSpec
 from conveyor.domain.priority import Priority
 from conveyor.domain.retry import Backoff
 from conveyor.engine.jobs import check_queue_name
 from conveyor.engine.models import TaskDefaults
 from conveyor.errors import InvalidInputError, UnknownTaskError, WorkflowDefinitionError
 from conveyor.worker.tasks import TaskDefinition
+from conveyor.workflows import Workflow, load_workflow_file
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,6 +40,7 @@ class Conveyor:
     def __init__(self, name: str = "conveyor") -> None:
         self.name = name
         self.tasks: dict[str, TaskDefinition] = {}
+        self.workflows: dict[str, WorkflowSpec] = {}
 
     @overload
     def task(self, fn: F, /) -> F: ...
@@ -98,7 +103,61 @@ class Conveyor:
             return register(fn)
         return register
 
+    # -- workflows ------------------------------------------------------------------------
+
+    def add_workflow(self, workflow: Workflow) -> WorkflowSpec:
+        """Register a workflow built with :class:`Workflow` and :class:`Step`."""
+        return self._register_workflow(workflow.build())
+
+    def workflow(
+        self,
+        name: str | None = None,
+        *,
+        version: str = "1",
+        failure_policy: str = "fail_fast",
+        parallelism: int | None = None,
+    ) -> Callable[[Callable[[], Sequence[Step]]], Callable[[], Sequence[Step]]]:
+        """Register the steps a function returns as a workflow::
+
+        @app.workflow("research")
+        def research() -> list[Step]:
+            return [Step("refine", "refine_question"), Step("scout", ..., ["refine"])]
+        """
+
+        def register(fn: Callable[[], Sequence[Step]]) -> Callable[[], Sequence[Step]]:
+            self.add_workflow(
+                Workflow(
+                    name or fn.__name__,
+                    list(fn()),
+                    version=version,
+                    description=inspect.getdoc(fn),
+                    failure_policy=failure_policy,
+                    parallelism=parallelism,
+                )
+            )
+            return fn
+
+        return register
+
+    def load_workflows(self, path: str | Path) -> list[WorkflowSpec]:
+        """Register the workflows of a JSON or YAML file (one workflow, or a list)."""
+        return [self._register_workflow(w.build()) for w in load_workflow_file(path)]
+
+    def _register_workflow(self, spec: WorkflowSpec) -> WorkflowSpec:
+        if spec.name in self.workflows:
+            raise WorkflowDefinitionError(f"workflow {spec.name!r} is registered twice")
+        for step in spec.graph.steps:
+            if step.task not in self.tasks:
+                raise WorkflowDefinitionError(
+                    f"workflow {spec.name!r}: step {step.id!r} uses unknown task {step.task!r}"
+                )
+        self.workflows[spec.name] = spec
+        return spec
+
     # -- the engine's TaskCatalog ---------------------------------------------------------
+
+    def workflow_spec(self, name: str) -> WorkflowSpec | None:
+        return self.workflows.get(name)
 
     def task_defaults(self, name: str) -> TaskDefaults | None:
         definition = self.tasks.get(name)

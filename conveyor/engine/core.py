@@ -16,14 +16,23 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from conveyor.domain.events import Event
+from conveyor.domain.questions import Question, check_questions
+from conveyor.domain.states import JobStatus
+from conveyor.engine import clarifications as clar_mod
+from conveyor.engine import executions as exec_mod
 from conveyor.engine import jobs as jobs_mod
 from conveyor.engine import leases
 from conveyor.engine import queues as queues_mod
 from conveyor.engine import workers as workers_mod
+from conveyor.engine.executions import ExecutionCoordinator, ExecutionFilters
 from conveyor.engine.jobs import CANCEL_CHANNEL, JOBS_CHANNEL, JobFilters, Limits
 from conveyor.engine.models import (
+    AskResult,
     ClaimRequest,
+    Clarification,
     EnqueueResult,
+    Execution,
+    ExecutionSpec,
     Job,
     JobSpec,
     LeaseRenewal,
@@ -31,11 +40,15 @@ from conveyor.engine.models import (
     Page,
     QueueStats,
     SettleResult,
+    StartResult,
+    StepChange,
+    StepCoordinator,
+    StepState,
     TaskCatalog,
     WorkerInfo,
 )
 from conveyor.engine.workers import WorkerRegistration
-from conveyor.errors import NotFoundError
+from conveyor.errors import InvalidInputError, NotFoundError
 from conveyor.store.database import Database, Tx
 from conveyor.store.schema import events
 
@@ -46,6 +59,7 @@ Wakeup = Callable[[str], None]
 class EngineSettings:
     lease_ttl_s: float = 30.0
     worker_heartbeat_timeout_s: float = 30.0
+    max_steps: int = 2000
     limits: Limits = field(default_factory=Limits)
 
 
@@ -63,7 +77,7 @@ class Engine:
         self.catalog = catalog
         self.settings = settings or EngineSettings()
         self._known_queues: set[str] = set()
-        self._step_hook: leases.StepHook | None = None
+        self.steps: StepCoordinator = ExecutionCoordinator()
         self._rng = random.Random()
 
     # -- wiring ----------------------------------------------------------------------------
@@ -82,10 +96,6 @@ class Engine:
     def remove_cancel_listener(self, callback: Callable[[str], None]) -> None:
         self.db.remove_notification_listener(CANCEL_CHANNEL, callback)
 
-    def set_step_hook(self, hook: leases.StepHook) -> None:
-        """Install the execution coordinator that advances DAGs when steps finish."""
-        self._step_hook = hook
-
     # -- jobs ------------------------------------------------------------------------------
 
     async def enqueue(self, spec: JobSpec, *, owner: str) -> EnqueueResult:
@@ -97,8 +107,6 @@ class Engine:
         """Queue many jobs in one transaction (all or nothing)."""
         limits = self.settings.limits
         if len(specs) > limits.max_bulk:
-            from conveyor.errors import InvalidInputError
-
             raise InvalidInputError(f"at most {limits.max_bulk} jobs per request")
         prepared = [
             jobs_mod.prepare(s, owner=owner, catalog=self.catalog, limits=limits) for s in specs
@@ -133,17 +141,9 @@ class Engine:
     async def cancel_job(self, job_id: str, *, owner: str | None = None) -> Job:
         def body(tx: Tx) -> Job:
             job, step_changed = jobs_mod.cancel_job_tx(tx, job_id, owner)
-            if step_changed and self._step_hook is not None and job.execution_id:
-                from conveyor.domain.states import JobStatus
-
-                self._step_hook(
-                    tx,
-                    [
-                        leases.StepChange(
-                            job.execution_id, job.step_id or "", job.id, JobStatus.CANCELLED
-                        )
-                    ],
-                )
+            if step_changed and job.execution_id and job.step_id:
+                change = StepChange(job.execution_id, job.step_id, job.id, JobStatus.CANCELLED)
+                self.steps.advance(tx, [change])
             return job
 
         return await self.db.write(body)
@@ -174,7 +174,7 @@ class Engine:
         """Record attempt outcomes and claim replacement jobs, in one transaction."""
 
         return await self.db.write(
-            lambda tx: leases.settle_tx(tx, outcomes, claim, self._step_hook, self._rng)
+            lambda tx: leases.settle_tx(tx, outcomes, claim, self.steps, self._rng)
         )
 
     async def claim(self, request: ClaimRequest) -> list[Any]:
@@ -190,7 +190,7 @@ class Engine:
     async def recover_expired(self, limit: int = 100) -> list[str]:
         """Requeue or fail jobs whose worker stopped renewing their lease."""
 
-        return await self.db.write(lambda tx: leases.recover_expired_tx(tx, limit, self._step_hook))
+        return await self.db.write(lambda tx: leases.recover_expired_tx(tx, limit, self.steps))
 
     # -- queues ----------------------------------------------------------------------------
 
@@ -264,3 +264,155 @@ class Engine:
 
     async def prune_workers(self, older_than: timedelta) -> int:
         return await self.db.write(lambda tx: workers_mod.prune_tx(tx, older_than))
+
+    # -- executions --------------------------------------------------------------------------
+
+    async def start_execution(self, spec: ExecutionSpec, *, owner: str) -> StartResult:
+        """Start a workflow (or an ad-hoc DAG). A repeated idempotency key returns the
+        original execution."""
+        prepared = exec_mod.prepare_execution(
+            spec,
+            owner=owner,
+            catalog=self.catalog,
+            limits=self.settings.limits,
+            max_steps=self.settings.max_steps,
+        )
+        new_queues = {d.queue for d in prepared.step_defaults.values()} - self._known_queues
+
+        def body(tx: Tx) -> tuple[str, bool]:
+            if new_queues:
+                jobs_mod.ensure_queues_tx(tx, new_queues)
+            return exec_mod.start_tx(tx, prepared)
+
+        execution_id, created = await self.db.write(body)
+        self._known_queues |= new_queues
+        return StartResult(await self.get_execution(execution_id), created)
+
+    async def get_execution(self, execution_id: str, *, owner: str | None = None) -> Execution:
+        return await self.db.read(lambda c: exec_mod.get_execution(c, execution_id, owner))
+
+    async def list_executions(
+        self,
+        filters: ExecutionFilters | None = None,
+        *,
+        owner: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> Page:
+        items, next_cursor = await self.db.read(
+            lambda c: exec_mod.list_executions(
+                c, filters or ExecutionFilters(), owner, limit, cursor
+            )
+        )
+        return Page(items, next_cursor)
+
+    async def execution_steps(
+        self, execution_id: str, *, owner: str | None = None
+    ) -> list[StepState]:
+        return await self.db.read(lambda c: clar_mod.list_steps(c, execution_id, owner))
+
+    async def cancel_execution(self, execution_id: str, *, owner: str | None = None) -> Execution:
+        """Cancel: waiting steps stop at once, active ones are asked to stop."""
+        await self.db.write(lambda tx: exec_mod.cancel_tx(tx, execution_id, owner))
+        return await self.get_execution(execution_id, owner=owner)
+
+    async def retry_execution(self, execution_id: str, *, owner: str | None = None) -> Execution:
+        """Re-run the steps of a failed or cancelled execution that did not complete."""
+        await self.db.write(lambda tx: exec_mod.retry_tx(tx, execution_id, owner))
+        return await self.get_execution(execution_id, owner=owner)
+
+    async def run_step(
+        self,
+        execution_id: str,
+        step_id: str,
+        *,
+        input: dict[str, Any] | None = None,
+        owner: str | None = None,
+    ) -> Job:
+        """Manual mode: queue one step now (refused while its dependencies are not done)."""
+        job_id = await self.db.write(
+            lambda tx: exec_mod.run_step_tx(tx, execution_id, step_id, input, owner)
+        )
+        return await self.get_job(job_id)
+
+    async def execution_events(
+        self,
+        execution_id: str,
+        *,
+        owner: str | None = None,
+        after_id: int = 0,
+        limit: int = 100,
+    ) -> list[Event]:
+        """The execution's events and those of its steps, in order."""
+
+        def body(conn: Connection) -> list[Event]:
+            exec_mod.get_execution(conn, execution_id, owner)
+            rows = conn.execute(
+                select(events)
+                .where(events.c.execution_id == execution_id, events.c.id > after_id)
+                .order_by(events.c.id)
+                .limit(limit)
+            ).all()
+            return [Event(**row._mapping) for row in rows]
+
+        return await self.db.read(body)
+
+    # -- clarifications and memos ------------------------------------------------------------
+
+    async def ask(
+        self,
+        job_id: str,
+        token: str,
+        seq: int,
+        questions: list[Question],
+        *,
+        timeout_s: float | None = None,
+        on_timeout: str = "fail",
+    ) -> AskResult:
+        check_questions(questions)
+        if on_timeout not in clar_mod.ON_TIMEOUT:
+            raise InvalidInputError("on_timeout must be fail or default")
+        if timeout_s is not None and not 0 < timeout_s <= 366 * 86_400:
+            raise InvalidInputError("timeout_s must be positive and at most a year")
+        return await self.db.write(
+            lambda tx: clar_mod.ask_tx(
+                tx, job_id, token, seq, questions, timeout_s, on_timeout, self.steps
+            )
+        )
+
+    async def answer(
+        self,
+        execution_id: str,
+        step_id: str,
+        answers: dict[str, Any],
+        *,
+        owner: str | None = None,
+        actor: str,
+    ) -> Clarification:
+        """Answer a step's pending clarification; invalid answers change nothing."""
+        return await self.db.write(
+            lambda tx: clar_mod.answer_tx(
+                tx, execution_id, step_id, answers, owner, actor, self.steps
+            )
+        )
+
+    async def get_clarification(
+        self, execution_id: str, step_id: str, *, owner: str | None = None
+    ) -> Clarification:
+        return await self.db.read(lambda c: clar_mod.get_for_step(c, execution_id, step_id, owner))
+
+    async def list_clarifications(
+        self, *, owner: str | None = None, status: str | None = "pending", limit: int = 100
+    ) -> list[Clarification]:
+        if status is not None and status not in ("pending", "answered", "expired", "cancelled"):
+            raise InvalidInputError("status must be pending, answered, expired or cancelled")
+        return await self.db.read(lambda c: clar_mod.list_clarifications(c, owner, status, limit))
+
+    async def expire_clarifications(self) -> int:
+        return await self.db.write(lambda tx: clar_mod.expire_tx(tx, self.steps))
+
+    async def get_memo(self, job_id: str, key: str) -> tuple[bool, Any]:
+        return await self.db.read(lambda c: clar_mod.get_memo(c, job_id, key))
+
+    async def put_memo(self, job_id: str, token: str, key: str, value: Any) -> Any:
+        return await self.db.write(lambda tx: clar_mod.put_memo_tx(tx, job_id, token, key, value))

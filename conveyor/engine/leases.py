@@ -10,8 +10,7 @@ one transaction, so a busy worker spends well under one commit per job.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Select, bindparam, select, tuple_, update
@@ -32,6 +31,8 @@ from conveyor.engine.models import (
     Progress,
     Released,
     SettleResult,
+    StepChange,
+    StepCoordinator,
 )
 from conveyor.store.database import Tx
 from conveyor.store.schema import jobs, queues, workers
@@ -39,18 +40,6 @@ from conveyor.store.sql import db_now, db_now_plus
 
 _ACTIVE = JobStatus.ACTIVE.value
 
-
-@dataclass(frozen=True, slots=True)
-class StepChange:
-    """A step's job reached a new status; its execution may have to move on."""
-
-    execution_id: str
-    step_id: str
-    job_id: str
-    status: JobStatus
-
-
-StepHook = Callable[[Tx, list[StepChange]], None]
 
 # -- claim ---------------------------------------------------------------------------------
 
@@ -109,7 +98,9 @@ def _claim_statement(by_queue: bool, by_task: bool) -> Any:
     return _claim_cache[key]
 
 
-def claim_tx(tx: Tx, request: ClaimRequest) -> list[ClaimedJob]:
+def claim_tx(
+    tx: Tx, request: ClaimRequest, steps: StepCoordinator | None = None
+) -> list[ClaimedJob]:
     """Lease up to ``request.limit`` due jobs, most urgent first, in one statement."""
     if request.limit <= 0:
         return []
@@ -180,6 +171,10 @@ def claim_tx(tx: Tx, request: ClaimRequest) -> list[ClaimedJob]:
             queue=queue,
             data={"attempt": attempts, "worker_id": worker_id},
         )
+    if steps is not None:
+        started_executions = {c.execution_id for c in claimed if c.execution_id}
+        if started_executions:
+            steps.started(tx, started_executions)
     return claimed
 
 
@@ -287,21 +282,21 @@ def settle_tx(
     tx: Tx,
     outcomes: Sequence[Outcome],
     claim: ClaimRequest | None,
-    step_hook: StepHook | None,
+    steps: StepCoordinator | None,
     rng: random.Random | None = None,
 ) -> SettleResult:
     """Record a batch of attempt outcomes, then claim replacements, in one transaction."""
     lost: set[str] = set()
     if outcomes:
-        lost = _apply_outcomes(tx, outcomes, step_hook, rng)
-    claimed = claim_tx(tx, claim) if claim is not None else []
+        lost = _apply_outcomes(tx, outcomes, steps, rng)
+    claimed = claim_tx(tx, claim, steps) if claim is not None else []
     return SettleResult(claimed, frozenset(lost))
 
 
 def _apply_outcomes(
     tx: Tx,
     outcomes: Sequence[Outcome],
-    step_hook: StepHook | None,
+    steps: StepCoordinator | None,
     rng: random.Random | None,
 ) -> set[str]:
     ids = sorted({o.job_id for o in outcomes})
@@ -406,8 +401,8 @@ def _apply_outcomes(
             tx.conn.execute(stmt, params)
     for queue in requeued:
         tx.notify(JOBS_CHANNEL, queue)
-    if changes and step_hook is not None:
-        step_hook(tx, changes)
+    if changes and steps is not None:
+        steps.advance(tx, changes)
     return lost
 
 
@@ -495,7 +490,7 @@ _expire_to = (
 )
 
 
-def recover_expired_tx(tx: Tx, limit: int, step_hook: StepHook | None) -> list[str]:
+def recover_expired_tx(tx: Tx, limit: int, steps: StepCoordinator | None) -> list[str]:
     """Requeue (or fail, when out of attempts) jobs whose lease ran out.
 
     Idempotent and safe to run from every worker at once: rows are taken with
@@ -561,6 +556,6 @@ def recover_expired_tx(tx: Tx, limit: int, step_hook: StepHook | None) -> list[s
     tx.conn.execute(_expire_to, params)
     for queue in requeued:
         tx.notify(JOBS_CHANNEL, queue)
-    if changes and step_hook is not None:
-        step_hook(tx, changes)
+    if changes and steps is not None:
+        steps.advance(tx, changes)
     return [row.id for row in rows]

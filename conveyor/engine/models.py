@@ -6,8 +6,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from conveyor.domain.graph import WorkflowSpec
 from conveyor.domain.priority import Priority
 from conveyor.domain.retry import Backoff
+from conveyor.domain.states import JobStatus
+from conveyor.store.database import Tx
 
 JsonObject = dict[str, Any]
 
@@ -24,13 +27,34 @@ class TaskDefaults:
 
 
 class TaskCatalog(Protocol):
-    """The registered tasks the engine may enqueue (implemented by the SDK's app)."""
+    """The registered tasks and workflows (implemented by the SDK's app)."""
 
     def task_defaults(self, name: str) -> TaskDefaults | None:
         """Defaults for ``name``, or ``None`` if no such task is registered."""
 
     def validate_input(self, name: str, data: JsonObject) -> None:
         """Raise :class:`InvalidInputError` if ``data`` cannot be the task's input."""
+
+    def workflow_spec(self, name: str) -> WorkflowSpec | None:
+        """The workflow registered as ``name``, or ``None``."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepChange:
+    """A step's job reached a new status; its execution may have to move on."""
+
+    execution_id: str
+    step_id: str
+    job_id: str
+    status: JobStatus
+
+
+class StepCoordinator(Protocol):
+    """Moves executions along when their steps change (see engine/executions.py)."""
+
+    def advance(self, tx: Tx, changes: list[StepChange]) -> None: ...
+
+    def started(self, tx: Tx, execution_ids: set[str]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -210,3 +234,110 @@ class WorkerInfo:
 class Page:
     items: list[Any]
     next_cursor: str | None
+
+
+# -- executions ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ExecutionSpec:
+    """A request to run a workflow (by name) or an ad-hoc list of steps."""
+
+    workflow: str | None = None
+    steps: list[Any] | None = None  # list[conveyor.domain.graph.Step] for ad-hoc DAGs
+    input: JsonObject | None = None
+    scope_type: str | None = None
+    scope_id: str | None = None
+    priority: Priority | str | int | None = None
+    parallelism: int | None = None
+    mode: str = "auto"
+    failure_policy: str | None = None
+    idempotency_key: str | None = None
+    metadata: JsonObject | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionProgress:
+    total: int
+    completed: int
+    failed: int
+    running: int
+    awaiting_input: int
+    cancelled: int
+    percent: float
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    id: str
+    workflow: str | None
+    workflow_version: str | None
+    status: str
+    mode: str
+    failure_policy: str
+    parallelism: int | None
+    priority: Priority
+    input: JsonObject | None
+    output: Any
+    error: JsonObject | None
+    scope_type: str | None
+    scope_id: str | None
+    owner: str
+    idempotency_key: str | None
+    metadata: JsonObject | None
+    steps: list[JsonObject]
+    progress: ExecutionProgress
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StartResult:
+    execution: Execution
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Clarification:
+    id: str
+    job_id: str
+    execution_id: str | None
+    step_id: str | None
+    seq: int
+    owner: str
+    questions: list[JsonObject]
+    answers: JsonObject | None
+    status: str  # pending | answered | expired | cancelled
+    on_timeout: str
+    timeout_at: datetime | None
+    created_at: datetime
+    answered_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepState:
+    """One step of an execution as clients see it."""
+
+    step_id: str
+    task: str
+    status: str
+    depends_on: list[str]
+    job_id: str
+    attempts: int
+    max_attempts: int
+    progress: int
+    progress_message: str | None
+    result: Any
+    error: JsonObject | None
+    clarification: Clarification | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AskResult:
+    """What ``ctx.ask`` learns: the answers, or that the step must wait for them."""
+
+    answers: JsonObject | None
+    clarification_id: str

@@ -10,7 +10,7 @@ from sqlalchemy import Row
 from conveyor.domain.priority import Priority
 from conveyor.domain.retry import Backoff
 from conveyor.domain.states import DELAYED, JobStatus
-from conveyor.engine.models import Job
+from conveyor.engine.models import Clarification, Job
 
 
 def visible_status(status: str, run_at: datetime, now: datetime | None = None) -> str:
@@ -49,4 +49,23 @@ def job_from_row(row: Row[Any] | Any, now: datetime | None = None) -> Job:
         created_at=m["created_at"],
         started_at=m["started_at"],
         finished_at=m["finished_at"],
+    )
+
+
+def clarification_from_row(row: Any) -> Clarification:
+    m = row._mapping
+    return Clarification(
+        id=m["id"],
+        job_id=m["job_id"],
+        execution_id=m["execution_id"],
+        step_id=m["step_id"],
+        seq=m["seq"],
+        owner=m["owner"],
+        questions=m["questions"],
+        answers=m["answers"],
+        status=m["status"],
+        on_timeout=m["on_timeout"],
+        timeout_at=m["timeout_at"],
+        created_at=m["created_at"],
+        answered_at=m["answered_at"],
     )

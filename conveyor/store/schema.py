@@ -148,3 +148,79 @@ queues = Table(
     Column("paused", Boolean, nullable=False, server_default=text("false")),
     Column("updated_at", UtcDateTime, nullable=False),
 )
+
+executions = Table(
+    "executions",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("workflow", String(100)),  # None for an ad-hoc list of steps
+    Column("workflow_version", String(40)),
+    Column("status", String(20), nullable=False),
+    Column("mode", String(10), nullable=False),
+    Column("failure_policy", String(20), nullable=False),
+    Column("parallelism", Integer),
+    Column("priority", SmallInteger, nullable=False),
+    # the step definitions as started: code changes never alter a running execution
+    Column("steps", json_type(), nullable=False),
+    Column("input", json_type()),
+    Column("output", json_type()),
+    Column("error", json_type()),
+    Column("scope_type", String(100)),
+    Column("scope_id", String(200)),
+    Column("owner", OWNER, nullable=False),
+    Column("idempotency_key", String(200)),
+    Column("request_hash", String(64)),
+    Column("metadata", json_type()),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("started_at", UtcDateTime),
+    Column("finished_at", UtcDateTime),
+    Index("ix_executions_owner_id", "owner", "id"),
+    Index("ix_executions_scope", "scope_type", "scope_id"),
+    Index("ix_executions_status", "status"),
+    Index(
+        "ux_executions_idempotency",
+        "owner",
+        "idempotency_key",
+        unique=True,
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
+)
+
+clarifications = Table(
+    "clarifications",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("job_id", ID, nullable=False),
+    Column("execution_id", ID),
+    Column("step_id", String(100)),
+    # the n-th ctx.ask() of the job: a re-run finds its earlier answers by position
+    Column("seq", Integer, nullable=False),
+    Column("owner", OWNER, nullable=False),
+    Column("questions", json_type(), nullable=False),
+    Column("answers", json_type()),
+    Column("status", String(20), nullable=False),
+    Column("on_timeout", String(10), nullable=False),
+    Column("timeout_at", UtcDateTime),
+    Column("answered_by", OWNER),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("answered_at", UtcDateTime),
+    Index("ux_clarifications_job_seq", "job_id", "seq", unique=True),
+    Index("ix_clarifications_owner_status", "owner", "status"),
+    Index("ix_clarifications_execution", "execution_id", "step_id"),
+    Index(
+        "ix_clarifications_timeout",
+        "timeout_at",
+        sqlite_where=text("status = 'pending'"),
+        postgresql_where=text("status = 'pending'"),
+    ),
+)
+
+step_memos = Table(
+    "step_memos",
+    metadata,
+    Column("job_id", ID, primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("value", json_type()),
+    Column("created_at", UtcDateTime, nullable=False),
+)

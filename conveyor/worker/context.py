@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import inspect
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
+from pydantic import TypeAdapter
 
+from conveyor.domain.questions import Question
 from conveyor.engine.models import ClaimedJob, Progress
-from conveyor.errors import JobCancelled
+from conveyor.errors import InvalidInputError, JobCancelled
+
+if TYPE_CHECKING:
+    from conveyor.engine.core import Engine
+
+T = TypeVar("T")
+_JSON: TypeAdapter[Any] = TypeAdapter(Any)
+
+
+class AwaitingInput(BaseException):
+    """Raised by ``ctx.ask`` to park the step until its questions are answered.
+
+    A BaseException so that ``except Exception`` in task code does not swallow it.
+    """
 
 
 class Attempt:
@@ -19,11 +36,14 @@ class Attempt:
         job: ClaimedJob,
         loop: asyncio.AbstractEventLoop,
         report: Any,
+        engine: Engine,
     ) -> None:
         self.job = job
         self.loop = loop
+        self.engine = engine
         self._report = report  # Callable[[Outcome], None], called on the loop
         self.stop_reason: str | None = None  # "cancel" | "fenced" | "shutdown"
+        self.asked = 0
 
     @property
     def stopping(self) -> bool:
@@ -92,3 +112,76 @@ class Context:
         if message is not None:
             message = str(message)[:1000]
         self._attempt.report_progress(value, message)
+
+    async def ask(
+        self,
+        questions: Sequence[Question | dict[str, Any]],
+        *,
+        timeout_s: float | None = None,
+        on_timeout: str = "fail",
+    ) -> dict[str, Any]:
+        """Ask a human; returns ``{question_id: answer}``.
+
+        The first time, the questions are recorded and the step stops here, freeing its
+        worker slot (the execution shows ``awaiting_input``). Once valid answers arrive
+        the step runs again from the start, and this same call returns them at once (use
+        :meth:`memo` for work before it that must not be redone). With ``timeout_s``,
+        ``on_timeout="default"`` answers with the questions' defaults, ``"fail"`` fails
+        the step.
+        """
+        attempt = self._attempt
+        parsed = [q if isinstance(q, Question) else Question.from_json(q) for q in questions]
+        seq = attempt.asked
+        attempt.asked += 1
+        job = attempt.job
+        result = await attempt.engine.ask(
+            job.id, job.lease_token, seq, parsed, timeout_s=timeout_s, on_timeout=on_timeout
+        )
+        if result.answers is None:
+            raise AwaitingInput(result.clarification_id)
+        return dict(result.answers)
+
+    async def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """Run ``compute`` once per step and remember its (JSON) result.
+
+        A retried or resumed step gets the recorded value back instead of running
+        ``compute`` again (say, an expensive LLM call). ``compute`` may be sync or async;
+        its result must be JSON-serialisable (Pydantic models are dumped to JSON).
+        """
+        if not key or len(key) > 200:
+            raise InvalidInputError("memo key must be 1-200 characters")
+        attempt = self._attempt
+        job = attempt.job
+        found, value = await attempt.engine.get_memo(job.id, key)
+        if found:
+            return value
+        produced = compute()
+        if inspect.isawaitable(produced):
+            produced = await produced
+        normalised = _JSON.dump_python(produced, mode="json")
+        return await attempt.engine.put_memo(job.id, job.lease_token, key, normalised)
+
+    def ask_sync(
+        self,
+        questions: Sequence[Question | dict[str, Any]],
+        *,
+        timeout_s: float | None = None,
+        on_timeout: str = "fail",
+    ) -> dict[str, Any]:
+        """:meth:`ask` for synchronous task code (which runs in a worker thread)."""
+        return self._run(self.ask(questions, timeout_s=timeout_s, on_timeout=on_timeout))
+
+    def memo_sync(self, key: str, compute: Callable[[], Any]) -> Any:
+        """:meth:`memo` for synchronous task code."""
+        return self._run(self.memo(key, compute))
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        loop = self._attempt.loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            coro.close()
+            raise RuntimeError("use the async form (await ctx.ask / ctx.memo) in async tasks")
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()

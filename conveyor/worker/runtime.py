@@ -47,11 +47,12 @@ from conveyor.errors import (
     ConveyorError,
     InvalidInputError,
     JobCancelled,
+    LeaseLostError,
     NonRetryableError,
     StoreUnavailableError,
 )
 from conveyor.store.database import Database
-from conveyor.worker.context import Attempt, Context
+from conveyor.worker.context import Attempt, AwaitingInput, Context
 from conveyor.worker.heartbeat import HeartbeatThread
 from conveyor.worker.tasks import TaskDefinition
 
@@ -412,7 +413,7 @@ class Worker:
     # -- holding and running attempts --------------------------------------------------------
 
     def _hold(self, job: ClaimedJob, claimed_at: float) -> None:
-        attempt = Attempt(job, asyncio.get_running_loop(), self._report)
+        attempt = Attempt(job, asyncio.get_running_loop(), self._report, self.engine)
         held = _Held(attempt, claimed_at + self.settings.lease_ttl_s - self._lease_margin_s)
         self._held[job.id] = held
         with self._leases_lock:
@@ -474,6 +475,11 @@ class Worker:
             )
             result = await self._call(definition, Context(attempt), kwargs, job.timeout_s)
             outcome = Completed(job.id, token, definition.dump_output(result))
+        except AwaitingInput:
+            outcome = None  # recorded by ctx.ask: the step waits without a lease
+        except LeaseLostError:
+            self.fenced += 1
+            outcome = None  # another attempt owns the job now: write nothing
         except asyncio.CancelledError:
             outcome = self._stopped_outcome(attempt)
             if attempt.stop_reason is None:
@@ -558,6 +564,8 @@ class Worker:
             await asyncio.sleep(interval * (0.75 + random.random() / 2))
             try:
                 while len(await self.engine.recover_expired(limit=100)) == 100:
+                    pass
+                while await self.engine.expire_clarifications() == 100:
                     pass
             except ConveyorError as exc:
                 log.warning("lease recovery sweep failed: %s", exc)
