@@ -10,7 +10,7 @@ from typing import Any, TypeVar, overload
 from conveyor.domain.graph import Step, WorkflowSpec
 from conveyor.domain.priority import Priority
 from conveyor.domain.retry import Backoff
-from conveyor.engine.jobs import check_queue_name
+from conveyor.engine.jobs import MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT_S, check_queue_name
 from conveyor.engine.models import TaskDefaults
 from conveyor.errors import InvalidInputError, UnknownTaskError, WorkflowDefinitionError
 from conveyor.worker.tasks import TaskDefinition
@@ -26,7 +26,7 @@ def _backoff(value: Backoff | float | None) -> Backoff:
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return Backoff.exponential(float(value))
-    raise WorkflowDefinitionError("backoff must be a Backoff or a number of seconds")
+    raise InvalidInputError("backoff must be a Backoff or a number of seconds")
 
 
 class Conveyor:
@@ -80,19 +80,26 @@ class Conveyor:
             task_name = name or func.__name__
             if task_name in self.tasks:
                 raise WorkflowDefinitionError(f"task {task_name!r} is registered twice")
-            if not 0 <= retries <= 99:
-                raise WorkflowDefinitionError("retries must be between 0 and 99")
-            if timeout is not None and timeout <= 0:
-                raise WorkflowDefinitionError("timeout must be positive")
+            if isinstance(retries, bool) or not 0 <= retries <= MAX_ATTEMPTS_LIMIT - 1:
+                raise WorkflowDefinitionError(
+                    f"task {task_name!r}: retries must be between 0 and {MAX_ATTEMPTS_LIMIT - 1}"
+                )
+            if timeout is not None and (
+                isinstance(timeout, bool) or not 0 < timeout <= MAX_TIMEOUT_S
+            ):
+                raise WorkflowDefinitionError(
+                    f"task {task_name!r}: timeout must be > 0 and <= {MAX_TIMEOUT_S} seconds"
+                )
             try:
                 check_queue_name(queue)
                 parsed_priority = Priority.parse(priority)
+                parsed_backoff = _backoff(backoff)
             except InvalidInputError as exc:
-                raise WorkflowDefinitionError(f"task {task_name!r}: {exc}") from None
+                raise WorkflowDefinitionError(f"task {task_name!r}: {exc.message}") from None
             defaults = TaskDefaults(
                 queue=queue,
                 max_attempts=retries + 1,
-                backoff=_backoff(backoff),
+                backoff=parsed_backoff,
                 timeout_s=timeout,
                 priority=parsed_priority,
             )

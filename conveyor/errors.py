@@ -21,7 +21,8 @@ message and a non-zero exit code.
     ├── PermissionDeniedError        authenticated, but the role does not allow it (403)
     ├── QuotaExceededError           a per-user or per-request cap was hit (429 / 413)
     ├── LeaseLostError               an attempt's lease was taken over; stop writing
-    ├── StoreUnavailableError        the database cannot be reached (503)
+    ├── ServiceUnavailableError      something we depend on cannot be reached (503)
+    │   └── StoreUnavailableError    the database cannot be reached
     ├── ConfigurationError           settings that cannot work; refuse to start
     ├── TaskFailure                  raised by task code to steer retries
     │   └── NonRetryableError        fail now, do not retry
@@ -121,7 +122,12 @@ class LeaseLostError(ConveyorError):
     title = "Lease lost"
 
 
-class StoreUnavailableError(ConveyorError):
+class ServiceUnavailableError(ConveyorError):
+    code = "unavailable"
+    title = "Service unavailable"
+
+
+class StoreUnavailableError(ServiceUnavailableError):
     code = "store_unavailable"
     title = "Database unavailable"
 

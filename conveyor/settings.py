@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///conveyor.db"
@@ -31,4 +31,37 @@ class Settings(BaseSettings):
     cancel_grace_s: float = Field(default=5.0, ge=0)
 
     server: str | None = Field(default=None, description="URL of a remote Conveyor server")
-    token: str | None = Field(default=None, description="bearer token for the remote server")
+    token: SecretStr | None = Field(default=None, description="bearer token for --server")
+
+    # -- HTTP API --------------------------------------------------------------------------
+    jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        description="HS256 secret (>= 32 bytes); unset: one is generated and kept in the DB",
+    )
+    jwt_private_key: SecretStr | None = Field(default=None, description="PEM, or @path")
+    jwt_public_key: str | None = Field(default=None, description="PEM, or @path")
+    jwt_jwks: str | None = Field(default=None, description="JWKS JSON, or @path")
+    jwt_issuer: str | None = "conveyor"
+    jwt_audience: str | None = "conveyor"
+    jwt_leeway_s: float = Field(default=30.0, ge=0, le=60)
+    token_ttl_s: int = Field(default=3600, ge=60, le=30 * 86_400)
+    token_max_lifetime_s: int = Field(default=86_400, ge=60, le=365 * 86_400)
+    admin_username: str | None = None
+    admin_password: SecretStr | None = None
+    login_max_failures: int = Field(default=5, ge=1, le=1000)
+    login_window_s: float = Field(default=300.0, gt=0)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=256 * 1_048_576)
+    cors_origins: list[str] = Field(default_factory=list)
+    docs_enabled: bool = True
+    metrics_public: bool = True
+
+    @model_validator(mode="after")
+    def _leases_can_be_renewed(self) -> Settings:
+        # the heartbeat is what keeps a lease: it must beat several times per lease
+        if self.heartbeat_interval_s * 2 > self.lease_ttl_s:
+            raise ValueError(
+                "heartbeat_interval_s must be at most half of lease_ttl_s "
+                f"(got {self.heartbeat_interval_s} and {self.lease_ttl_s})"
+            )
+        return self

@@ -1,12 +1,22 @@
-"""The example app the README uses: ``conveyor worker --app examples.app:app``."""
+"""The example app the README uses: ``conveyor serve --app examples.app:app``.
+
+Workflows: ``research`` (refine_question -> literature_scout -> synthesis, declared in
+workflows.yaml) and ``data_pipeline`` (fan-out/fan-in). Plus a few standalone tasks.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from conveyor import Context, Conveyor
+from examples import pipeline
+from examples.research import tasks as research
 
 app = Conveyor("examples")
+research.register(app)
+pipeline.register(app)
+app.load_workflows(Path(__file__).parent / "workflows.yaml")
 
 
 @app.task(retries=3, timeout=60)

@@ -23,6 +23,7 @@ from conveyor.errors import (
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
+    ServiceUnavailableError,
     StoreUnavailableError,
 )
 from conveyor.settings import Settings
@@ -31,13 +32,14 @@ from conveyor.store.url import redact
 T = TypeVar("T")
 
 console = Console()
-err_console = Console(stderr=True)
+# messages are never wrapped mid-sentence when stderr is a pipe or a log file
+err_console = Console(stderr=True, soft_wrap=True)
 
 EXIT_CODES: list[tuple[type[ConveyorError], int]] = [
     (InvalidInputError, 2),
     (NotFoundError, 3),
     (ConflictError, 4),
-    (StoreUnavailableError, 5),
+    (ServiceUnavailableError, 5),
     (AuthenticationError, 6),
     (PermissionDeniedError, 6),
     (ConfigurationError, 7),

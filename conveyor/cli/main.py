@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import typer
 
+from conveyor.cli import server_cmd
 from conveyor.cli.common import (
     console,
     fail,
@@ -19,8 +21,17 @@ from conveyor.cli.common import (
     settings_from,
     with_engine,
 )
-from conveyor.cli.ops import LocalOps, Ops
-from conveyor.cli.render import jobs_table, queues_table, status_text, workers_table
+from conveyor.cli.ops import LocalOps, Ops, RemoteOps
+from conveyor.cli.render import (
+    executions_table,
+    jobs_table,
+    queues_table,
+    status_text,
+    steps_table,
+    workers_table,
+    workflows_table,
+)
+from conveyor.client.aio import AsyncClient
 from conveyor.domain.states import TERMINAL_JOB_STATES
 from conveyor.settings import Settings
 
@@ -28,7 +39,6 @@ T = TypeVar("T")
 
 app = typer.Typer(
     name="conveyor",
-    help="Conveyor: durable jobs and workflows for AI-agent pipelines.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -37,7 +47,14 @@ jobs_app = typer.Typer(help="Inspect and steer jobs.", no_args_is_help=True)
 queues_app = typer.Typer(help="Queue statistics, pause/resume, clean-up.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 workers_app = typer.Typer(help="Registered workers.", no_args_is_help=True)
+executions_app = typer.Typer(help="Inspect and steer workflow executions.", no_args_is_help=True)
+workflows_app = typer.Typer(help="The app's workflows.", no_args_is_help=True)
+app.add_typer(executions_app, name="executions")
+app.add_typer(workflows_app, name="workflows")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(server_cmd.users_app, name="users")
+app.command("serve")(server_cmd.serve)
+app.command("token")(server_cmd.token)
 app.add_typer(queues_app, name="queues")
 app.add_typer(db_app, name="db")
 app.add_typer(workers_app, name="workers")
@@ -55,7 +72,52 @@ AppOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
+@dataclass
+class _Remote:
+    server: str | None = None
+    token: str | None = None
+
+
+_remote = _Remote()
+
+
+@app.callback()
+def _root(
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            "-s",
+            envvar="CONVEYOR_SERVER",
+            help="Talk to a Conveyor server at this URL instead of the database.",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="CONVEYOR_TOKEN",
+            help="Bearer token for --server.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Conveyor: durable jobs and workflows for AI-agent pipelines."""
+    _remote.server = server
+    _remote.token = token
+
+
 def _ops(settings: Settings, app_spec: str | None, body: Callable[[Ops], Awaitable[T]]) -> T:
+    """Run ``body`` against the server given by --server, else the local database."""
+    if _remote.server:
+        if not _remote.token:
+            fail("--server needs a token: --token or CONVEYOR_TOKEN (see `conveyor token`)", 6)
+
+        async def remote() -> T:
+            async with AsyncClient(_remote.server or "", token=_remote.token) as client:
+                return await body(RemoteOps(client))
+
+        return run(remote())
     conveyor_app = load_app(app_spec) if app_spec else None
 
     async def go(engine: Any) -> T:
@@ -182,10 +244,15 @@ def jobs_list(
 def jobs_show(
     job_id: str,
     events: Annotated[bool, typer.Option("--events", help="Also list its events.")] = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Live progress.")] = False,
     database_url: DatabaseOpt = None,
 ) -> None:
-    """Show one job (JSON)."""
+    """Show one job (JSON), or follow it live until it finishes."""
     settings = settings_from(database_url)
+    if follow:
+        from conveyor.cli.follow import follow_job
+
+        raise typer.Exit(_ops(settings, None, lambda ops: follow_job(ops, job_id)))
 
     async def go(ops: Ops) -> dict[str, Any]:
         job = await ops.get_job(job_id)
@@ -270,6 +337,203 @@ def workers_list(database_url: DatabaseOpt = None, as_json: JsonOpt = False) -> 
         print_json(items)
     else:
         console.print(workers_table(items))
+
+
+# -- workflows and executions ----------------------------------------------------------
+
+
+@workflows_app.command("list")
+def workflows_list(app_spec: AppOpt = None, as_json: JsonOpt = False) -> None:
+    """The workflows your app defines."""
+    settings = settings_from(None, app_spec)
+    items = _ops(settings, settings.app or "", lambda ops: ops.list_workflows())
+    if as_json:
+        print_json(items)
+        return
+    table = workflows_table(items)
+    console.print(table)
+
+
+@workflows_app.command("show")
+def workflows_show(name: str, app_spec: AppOpt = None) -> None:
+    """One workflow's steps and dependencies (JSON)."""
+    settings = settings_from(None, app_spec)
+    print_json(_ops(settings, settings.app or "", lambda ops: ops.get_workflow(name)))
+
+
+@app.command("run")
+def run_workflow(
+    workflow: Annotated[str, typer.Argument(help="Name of a workflow of the app.")],
+    input_json: Annotated[
+        str | None, typer.Option("--input", "-i", help="Input JSON object (or @file.json).")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="auto, or manual to run stage by stage.")] = "auto",
+    parallelism: Annotated[int | None, typer.Option(help="Max steps active at once.")] = None,
+    priority: Annotated[str | None, typer.Option(help="critical, high, medium, low.")] = None,
+    scope_type: Annotated[str | None, typer.Option(help="What the run is about.")] = None,
+    scope_id: Annotated[str | None, typer.Option(help="Which one.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Start at most once.")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Watch it live; exit with its status.")
+    ] = False,
+    app_spec: AppOpt = None,
+    database_url: DatabaseOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start an execution of WORKFLOW."""
+    settings = settings_from(database_url, app_spec)
+    data = parse_json(input_json)
+    if data is not None and not isinstance(data, dict):
+        fail("input must be a JSON object", 2)
+    body: dict[str, Any] = {"workflow": workflow, "input": data, "mode": mode}
+    for key, value in (
+        ("parallelism", parallelism),
+        ("priority", priority),
+        ("scope_type", scope_type),
+        ("scope_id", scope_id),
+    ):
+        if value is not None:
+            body[key] = value
+
+    async def go(ops: Ops) -> tuple[dict[str, Any], int]:
+        execution = await ops.start_execution(body, idempotency_key)
+        if not follow:
+            return execution, 0
+        from conveyor.cli.follow import follow_execution
+
+        return execution, await follow_execution(ops, execution["id"])
+
+    execution, code = _ops(settings, settings.app, go)
+    if not follow:
+        if as_json:
+            print_json(execution)
+        else:
+            console.print(
+                f"started execution [bold]{execution['id']}[/] of {workflow} "
+                f"({execution['status']}, {execution['progress']['total']} steps)"
+            )
+    raise typer.Exit(code)
+
+
+@executions_app.command("list")
+def executions_list(
+    status: Annotated[str | None, typer.Option(help="Filter by status.")] = None,
+    workflow: Annotated[str | None, typer.Option(help="Filter by workflow.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
+    cursor: Annotated[str | None, typer.Option(help="From a previous page.")] = None,
+    database_url: DatabaseOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List executions, newest first."""
+    settings = settings_from(database_url)
+    filters = {"status": status, "workflow": workflow}
+    page = _ops(settings, None, lambda ops: ops.list_executions(filters, limit, cursor))
+    if as_json:
+        print_json(page)
+        return
+    console.print(executions_table(page["items"]))
+    if page["next_cursor"]:
+        console.print(f"next page: --cursor {page['next_cursor']}", style="dim")
+
+
+@executions_app.command("show")
+def executions_show(
+    execution_id: str,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Watch it live; exit with its status.")
+    ] = False,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Show one execution (JSON), or follow it live."""
+    settings = settings_from(database_url)
+    if follow:
+        from conveyor.cli.follow import follow_execution
+
+        raise typer.Exit(_ops(settings, None, lambda ops: follow_execution(ops, execution_id)))
+    print_json(_ops(settings, None, lambda ops: ops.get_execution(execution_id)))
+
+
+@executions_app.command("steps")
+def executions_steps(
+    execution_id: str, database_url: DatabaseOpt = None, as_json: JsonOpt = False
+) -> None:
+    """The steps of an execution with their status, attempts and results."""
+    settings = settings_from(database_url)
+    steps = _ops(settings, None, lambda ops: ops.execution_steps(execution_id))
+    if as_json:
+        print_json(steps)
+    else:
+        console.print(steps_table(steps))
+
+
+@executions_app.command("cancel")
+def executions_cancel(execution_id: str, database_url: DatabaseOpt = None) -> None:
+    """Cancel an execution: waiting steps stop now, active ones are asked to stop."""
+    settings = settings_from(database_url)
+    execution = _ops(settings, None, lambda ops: ops.cancel_execution(execution_id))
+    console.print(f"execution {execution['id']}: {status_text(execution['status'])}")
+
+
+@executions_app.command("retry")
+def executions_retry(execution_id: str, database_url: DatabaseOpt = None) -> None:
+    """Re-run the steps of a failed or cancelled execution that did not complete."""
+    settings = settings_from(database_url)
+    execution = _ops(settings, None, lambda ops: ops.retry_execution(execution_id))
+    console.print(f"execution {execution['id']}: {status_text(execution['status'])}")
+
+
+@executions_app.command("run-step")
+def executions_run_step(
+    execution_id: str,
+    step_id: str,
+    input_json: Annotated[
+        str | None, typer.Option("--input", "-i", help="Extra input JSON for this step.")
+    ] = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Manual mode: run one step now (refused until its dependencies completed)."""
+    settings = settings_from(database_url)
+    data = parse_json(input_json)
+    if data is not None and not isinstance(data, dict):
+        fail("input must be a JSON object", 2)
+    job = _ops(settings, None, lambda ops: ops.run_step(execution_id, step_id, data))
+    console.print(f"step {step_id} queued as job [bold]{job['id']}[/]")
+
+
+@app.command("answer")
+def answer(
+    execution_id: str,
+    step_id: str,
+    answers_json: Annotated[
+        str, typer.Option("--answers", help="JSON object {question_id: answer} (or @file).")
+    ],
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Answer the questions a step asked; the step then resumes."""
+    settings = settings_from(database_url)
+    answers = parse_json(answers_json, "answers")
+    if not isinstance(answers, dict):
+        fail("answers must be a JSON object keyed by question id", 2)
+    result = _ops(settings, None, lambda ops: ops.answer(execution_id, step_id, answers))
+    console.print(f"answered: step {step_id} resumes ({result['status']})")
+
+
+@app.command("clarifications")
+def clarifications_list(
+    status: Annotated[str, typer.Option(help="pending, answered, expired, cancelled.")] = "pending",
+    database_url: DatabaseOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Questions steps asked (pending ones by default)."""
+    settings = settings_from(database_url)
+    items = _ops(settings, None, lambda ops: ops.list_clarifications(status))
+    if as_json:
+        print_json(items)
+        return
+    for item in items:
+        console.print(f"[bold]{item['execution_id']}[/] step {item['step_id']} ({item['status']})")
+        for question in item["questions"]:
+            console.print(f"  {question['id']}: {question['text']}")
 
 
 # -- db ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""What the CLI can do, against the local database or (later) a remote server.
+"""What the CLI can do, against the local database or a remote server.
 
 Commands are written once against :class:`Ops`; both sides return the JSON documents
 of the HTTP contract, so output looks the same either way.
@@ -6,14 +6,24 @@ of the HTTP contract, so output looks the same either way.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Protocol
 
-from conveyor.domain.retry import Backoff
+from conveyor.client.aio import AsyncClient
 from conveyor.engine.core import Engine
+from conveyor.engine.executions import ExecutionFilters
 from conveyor.engine.jobs import JobFilters
-from conveyor.engine.models import JobSpec
-from conveyor.engine.views import event_json, job_json, queue_json, worker_json
+from conveyor.engine.requests import execution_spec, job_spec
+from conveyor.engine.views import (
+    clarification_json,
+    event_json,
+    execution_json,
+    job_json,
+    queue_json,
+    step_json,
+    worker_json,
+    workflow_json,
+)
+from conveyor.errors import InvalidInputError, NotFoundError
 
 Json = dict[str, Any]
 
@@ -30,24 +40,18 @@ class Ops(Protocol):
     async def resume_queue(self, name: str) -> Json: ...
     async def clean_queue(self, name: str, status: str, older_than_s: float) -> int: ...
     async def list_workers(self) -> list[Json]: ...
-
-
-def spec_from_body(body: Json, idempotency_key: str | None) -> JobSpec:
-    backoff = body.get("backoff")
-    run_at = body.get("run_at")
-    return JobSpec(
-        task=body["task"],
-        input=body.get("input"),
-        queue=body.get("queue"),
-        priority=body.get("priority"),
-        max_attempts=body.get("max_attempts"),
-        backoff=None if backoff is None else Backoff.from_json(backoff),
-        delay_s=body.get("delay_s"),
-        run_at=datetime.fromisoformat(run_at) if isinstance(run_at, str) else run_at,
-        timeout_s=body.get("timeout_s"),
-        idempotency_key=idempotency_key,
-        metadata=body.get("metadata"),
-    )
+    async def list_workflows(self) -> list[Json]: ...
+    async def get_workflow(self, name: str) -> Json: ...
+    async def start_execution(self, body: Json, idempotency_key: str | None) -> Json: ...
+    async def get_execution(self, execution_id: str) -> Json: ...
+    async def list_executions(self, filters: Json, limit: int, cursor: str | None) -> Json: ...
+    async def cancel_execution(self, execution_id: str) -> Json: ...
+    async def retry_execution(self, execution_id: str) -> Json: ...
+    async def execution_steps(self, execution_id: str) -> list[Json]: ...
+    async def run_step(self, execution_id: str, step_id: str, data: Json | None) -> Json: ...
+    async def execution_events(self, execution_id: str, after: int) -> list[Json]: ...
+    async def answer(self, execution_id: str, step_id: str, answers: Json) -> Json: ...
+    async def list_clarifications(self, status: str | None) -> list[Json]: ...
 
 
 class LocalOps:
@@ -60,7 +64,7 @@ class LocalOps:
         self._scope = None if admin else owner
 
     async def submit(self, body: Json, idempotency_key: str | None) -> Json:
-        result = await self.engine.enqueue(spec_from_body(body, idempotency_key), owner=self.owner)
+        result = await self.engine.enqueue(job_spec(body, idempotency_key), owner=self.owner)
         return job_json(result.job)
 
     async def get_job(self, job_id: str) -> Json:
@@ -98,3 +102,173 @@ class LocalOps:
 
     async def list_workers(self) -> list[Json]:
         return [worker_json(w) for w in await self.engine.list_workers()]
+
+    def _catalog(self) -> Any:
+        if self.engine.catalog is None:
+            raise InvalidInputError("workflows are defined by your app: pass --app module:app")
+        return self.engine.catalog
+
+    async def list_workflows(self) -> list[Json]:
+        catalog = self._catalog()
+        return [workflow_json(w) for _, w in sorted(catalog.workflows.items())]
+
+    async def get_workflow(self, name: str) -> Json:
+        spec = self._catalog().workflow_spec(name)
+        if spec is None:
+            raise NotFoundError(f"workflow {name!r} not found")
+        return workflow_json(spec)
+
+    async def start_execution(self, body: Json, idempotency_key: str | None) -> Json:
+        spec = execution_spec(body, idempotency_key)
+        result = await self.engine.start_execution(spec, owner=self.owner)
+        return execution_json(result.execution)
+
+    async def get_execution(self, execution_id: str) -> Json:
+        return execution_json(await self.engine.get_execution(execution_id, owner=self._scope))
+
+    async def list_executions(self, filters: Json, limit: int, cursor: str | None) -> Json:
+        page = await self.engine.list_executions(
+            ExecutionFilters(**filters), owner=self._scope, limit=limit, cursor=cursor
+        )
+        return {
+            "items": [execution_json(e) for e in page.items],
+            "next_cursor": page.next_cursor,
+        }
+
+    async def cancel_execution(self, execution_id: str) -> Json:
+        return execution_json(await self.engine.cancel_execution(execution_id, owner=self._scope))
+
+    async def retry_execution(self, execution_id: str) -> Json:
+        return execution_json(await self.engine.retry_execution(execution_id, owner=self._scope))
+
+    async def execution_steps(self, execution_id: str) -> list[Json]:
+        steps = await self.engine.execution_steps(execution_id, owner=self._scope)
+        return [step_json(s) for s in steps]
+
+    async def run_step(self, execution_id: str, step_id: str, data: Json | None) -> Json:
+        job = await self.engine.run_step(execution_id, step_id, input=data, owner=self._scope)
+        return job_json(job)
+
+    async def execution_events(self, execution_id: str, after: int) -> list[Json]:
+        events = await self.engine.execution_events(execution_id, owner=self._scope, after_id=after)
+        return [event_json(e) for e in events]
+
+    async def answer(self, execution_id: str, step_id: str, answers: Json) -> Json:
+        clarification = await self.engine.answer(
+            execution_id, step_id, answers, owner=self._scope, actor=self.owner
+        )
+        return clarification_json(clarification)
+
+    async def list_clarifications(self, status: str | None) -> list[Json]:
+        found = await self.engine.list_clarifications(owner=self._scope, status=status)
+        return [clarification_json(c) for c in found]
+
+
+class RemoteOps:
+    """Through a Conveyor server's HTTP API, with a bearer token."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+
+    async def submit(self, body: Json, idempotency_key: str | None) -> Json:
+        options = {k: v for k, v in body.items() if k not in ("task", "input")}
+        result: Json = await self.client.submit(
+            body["task"], body.get("input"), idempotency_key=idempotency_key, **options
+        )
+        return result
+
+    async def get_job(self, job_id: str) -> Json:
+        result: Json = await self.client.get(job_id)
+        return result
+
+    async def list_jobs(self, filters: Json, limit: int, cursor: str | None) -> Json:
+        result: Json = await self.client.list(limit=limit, cursor=cursor, **filters)
+        return result
+
+    async def cancel_job(self, job_id: str) -> Json:
+        result: Json = await self.client.cancel(job_id)
+        return result
+
+    async def retry_job(self, job_id: str) -> Json:
+        result: Json = await self.client.retry(job_id)
+        return result
+
+    async def job_events(self, job_id: str, after: int) -> list[Json]:
+        page = await self.client.job_events(job_id, after=after)
+        items: list[Json] = page["items"]
+        return items
+
+    async def list_queues(self) -> list[Json]:
+        items: list[Json] = (await self.client.queues())["items"]
+        return items
+
+    async def pause_queue(self, name: str) -> Json:
+        result: Json = await self.client.pause_queue(name)
+        return result
+
+    async def resume_queue(self, name: str) -> Json:
+        result: Json = await self.client.resume_queue(name)
+        return result
+
+    async def clean_queue(self, name: str, status: str, older_than_s: float) -> int:
+        return int((await self.client.clean_queue(name, status, older_than_s))["deleted"])
+
+    async def list_workers(self) -> list[Json]:
+        workers: list[Json] = (await self.client.workers())["workers"]
+        return workers
+
+    async def list_workflows(self) -> list[Json]:
+        result: list[Json] = await self.client.workflows()
+        return result
+
+    async def get_workflow(self, name: str) -> Json:
+        result: Json = await self.client.workflow(name)
+        return result
+
+    async def start_execution(self, body: Json, idempotency_key: str | None) -> Json:
+        options = {k: v for k, v in body.items() if k not in ("workflow", "input", "steps")}
+        result: Json = await self.client.start(
+            body.get("workflow"),
+            body.get("input"),
+            steps=body.get("steps"),
+            idempotency_key=idempotency_key,
+            **options,
+        )
+        return result
+
+    async def get_execution(self, execution_id: str) -> Json:
+        result: Json = await self.client.execution(execution_id)
+        return result
+
+    async def list_executions(self, filters: Json, limit: int, cursor: str | None) -> Json:
+        result: Json = await self.client.executions(limit=limit, cursor=cursor, **filters)
+        return result
+
+    async def cancel_execution(self, execution_id: str) -> Json:
+        result: Json = await self.client.cancel_execution(execution_id)
+        return result
+
+    async def retry_execution(self, execution_id: str) -> Json:
+        result: Json = await self.client.retry_execution(execution_id)
+        return result
+
+    async def execution_steps(self, execution_id: str) -> list[Json]:
+        result: list[Json] = await self.client.steps(execution_id)
+        return result
+
+    async def run_step(self, execution_id: str, step_id: str, data: Json | None) -> Json:
+        result: Json = await self.client.run_step(execution_id, step_id, data)
+        return result
+
+    async def execution_events(self, execution_id: str, after: int) -> list[Json]:
+        page = await self.client.execution_events(execution_id, after=after)
+        items: list[Json] = page["items"]
+        return items
+
+    async def answer(self, execution_id: str, step_id: str, answers: Json) -> Json:
+        result: Json = await self.client.answer(execution_id, step_id, answers)
+        return result
+
+    async def list_clarifications(self, status: str | None) -> list[Json]:
+        items: list[Json] = (await self.client.clarifications(status))["items"]
+        return items

@@ -98,3 +98,53 @@ def workers_table(items: list[dict[str, Any]]) -> Table:
             short_time(w["last_heartbeat"]),
         )
     return table
+
+
+def executions_table(items: list[dict[str, Any]]) -> Table:
+    table = Table()
+    for column in ("id", "workflow", "status", "mode", "progress", "created"):
+        table.add_column(column)
+    for ex in items:
+        p = ex["progress"]
+        table.add_row(
+            ex["id"],
+            ex["workflow"] or "(ad hoc)",
+            status_text(ex["status"]),
+            ex["mode"],
+            f"{p['completed']}/{p['total']} ({p['percent']:.0f}%)",
+            short_time(ex["created_at"]),
+        )
+    return table
+
+
+def steps_table(items: list[dict[str, Any]]) -> Table:
+    table = Table()
+    for column in ("step", "task", "status", "attempts", "depends on", "progress"):
+        table.add_column(column)
+    for step in items:
+        table.add_row(
+            step["step_id"],
+            step["task"],
+            status_text(step["status"]),
+            f"{step['attempts']}/{step['max_attempts']}",
+            ", ".join(step["depends_on"]) or "-",
+            f"{step['progress']}%",
+        )
+    return table
+
+
+def workflows_table(items: list[dict[str, Any]]) -> Table:
+    table = Table()
+    for column in ("workflow", "version", "steps", "policy", "description"):
+        table.add_column(column)
+    for wf in items:
+        table.add_row(
+            wf["name"],
+            wf["version"],
+            " → ".join(s["id"] for s in wf["steps"])
+            if len(wf["steps"]) <= 4
+            else f"{len(wf['steps'])} steps",
+            wf["failure_policy"],
+            (wf["description"] or "").strip().split("\n")[0][:60],
+        )
+    return table

@@ -11,8 +11,8 @@ from conveyor.errors import WorkflowDefinitionError
 
 FailurePolicy = Literal["fail_fast", "continue"]
 FAILURE_POLICIES: tuple[FailurePolicy, ...] = ("fail_fast", "continue")
-_STEP_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
-_WORKFLOW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+_STEP_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}\Z")
+_WORKFLOW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}\Z")
 DEFAULT_MAX_STEPS = 2000
 
 

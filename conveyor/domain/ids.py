@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _RAND_BITS = 74
 _RAND_MASK = (1 << _RAND_BITS) - 1
 _lock = threading.Lock()

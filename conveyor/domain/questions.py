@@ -12,7 +12,7 @@ from jsonschema import Draft202012Validator
 
 from conveyor.errors import AnswerValidationError, InvalidInputError
 
-_QUESTION_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
+_QUESTION_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}\Z")
 _NO_DEFAULT = object()
 MAX_QUESTIONS = 50
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,8 +35,12 @@ class Backoff:
             raise InvalidInputError("backoff max_delay_s must be >= delay_s and <= 604800")
 
     @classmethod
-    def exponential(cls, delay_s: float = 1.0, max_delay_s: float = 300.0) -> Backoff:
-        return cls("exponential", delay_s, max_delay_s)
+    def exponential(cls, delay_s: float = 1.0, max_delay_s: float | None = None) -> Backoff:
+        """Doubling from ``delay_s``, capped at ``max_delay_s`` (default: 300 s, or
+        ``delay_s`` itself when that is longer)."""
+        return cls(
+            "exponential", delay_s, max(300.0, delay_s) if max_delay_s is None else max_delay_s
+        )
 
     @classmethod
     def fixed(cls, delay_s: float, *, jitter: bool = False) -> Backoff:
@@ -62,14 +67,28 @@ class Backoff:
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> Backoff:
+        """Parse ``{type, delay_s, max_delay_s?, jitter?}``; bad values raise
+        :class:`InvalidInputError`."""
         if not data:
             return cls()
+        if not isinstance(data, dict):
+            raise InvalidInputError("backoff must be an object {type, delay_s, max_delay_s}")
         kind = data.get("type", "exponential")
-        delay = float(data.get("delay_s", 1.0))
+        delay = _seconds(data.get("delay_s", 1.0), "delay_s")
         default_max = delay if kind == "fixed" else max(300.0, delay)
+        raw_max = data.get("max_delay_s")
+        jitter = data.get("jitter", kind == "exponential")
+        if not isinstance(jitter, bool):
+            raise InvalidInputError("backoff jitter must be true or false")
         return cls(
             kind,
             delay,
-            float(data.get("max_delay_s") or default_max),
-            bool(data.get("jitter", kind == "exponential")),
+            default_max if raw_max is None else _seconds(raw_max, "max_delay_s"),
+            jitter,
         )
+
+
+def _seconds(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidInputError(f"backoff {name} must be a number of seconds")
+    return float(value)

@@ -46,8 +46,8 @@ from conveyor.store.types import dumps
 JOBS_CHANNEL = "conveyor_jobs"
 CANCEL_CHANNEL = "conveyor_cancel"
 
-_QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
-_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{8,200}$")
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}\Z")
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{8,200}\Z")
 MAX_ATTEMPTS_LIMIT = 100
 MAX_DELAY_S = 366 * 86_400
 MAX_TIMEOUT_S = 7 * 86_400

@@ -224,6 +224,8 @@ _lease_rows = (
 
 _leased = (jobs.c.id == bindparam("b_id")) & (jobs.c.lease_token == bindparam("b_token"))
 _release_lease = {"lease_token": None, "lease_expires_at": None}
+# a job going back to the queue is nobody's; a finished one remembers who ran it
+_requeue = {**_release_lease, "worker_id": None}
 
 _set_progress = (
     update(jobs)
@@ -258,7 +260,7 @@ _set_retrying = (
         status=JobStatus.QUEUED.value,
         error=bindparam("b_error", type_=jobs.c.error.type),
         run_at=db_now_plus(bindparam("b_delay")),
-        **_release_lease,
+        **_requeue,
     )
 )
 _set_cancelled = (
@@ -273,7 +275,7 @@ _set_released = (
         status=JobStatus.QUEUED.value,
         attempts=jobs.c.attempts - 1,
         run_at=db_now(),
-        **_release_lease,
+        **_requeue,
     )
 )
 
@@ -484,8 +486,7 @@ _expire_to = (
         lost_count=jobs.c.lost_count + 1,
         run_at=db_now(),
         finished_at=bindparam("b_finished", type_=jobs.c.finished_at.type),
-        worker_id=None,
-        **_release_lease,
+        **_requeue,
     )
 )
 

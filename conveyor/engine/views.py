@@ -6,7 +6,16 @@ from datetime import datetime
 from typing import Any
 
 from conveyor.domain.events import Event
-from conveyor.engine.models import Job, QueueStats, WorkerInfo
+from conveyor.domain.graph import WorkflowSpec
+from conveyor.engine.models import (
+    Clarification,
+    Execution,
+    ExecutionProgress,
+    Job,
+    QueueStats,
+    StepState,
+    WorkerInfo,
+)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -88,4 +97,90 @@ def worker_json(info: WorkerInfo) -> dict[str, Any]:
         "metadata": info.metadata,
         "last_heartbeat": _iso(info.last_heartbeat),
         "started_at": _iso(info.started_at),
+    }
+
+
+def progress_json(progress: ExecutionProgress) -> dict[str, Any]:
+    return {
+        "total": progress.total,
+        "completed": progress.completed,
+        "failed": progress.failed,
+        "running": progress.running,
+        "awaiting_input": progress.awaiting_input,
+        "cancelled": progress.cancelled,
+        "percent": progress.percent,
+    }
+
+
+def execution_json(ex: Execution) -> dict[str, Any]:
+    return {
+        "id": ex.id,
+        "workflow": ex.workflow,
+        "workflow_version": ex.workflow_version,
+        "status": ex.status,
+        "mode": ex.mode,
+        "failure_policy": ex.failure_policy,
+        "priority": ex.priority.label,
+        "input": ex.input,
+        "output": ex.output,
+        "error": public_error(ex.error),
+        "scope_type": ex.scope_type,
+        "scope_id": ex.scope_id,
+        "parallelism": ex.parallelism,
+        "progress": progress_json(ex.progress),
+        "cost_usd": None,
+        "owner": ex.owner,
+        "metadata": ex.metadata,
+        "created_at": _iso(ex.created_at),
+        "started_at": _iso(ex.started_at),
+        "finished_at": _iso(ex.finished_at),
+    }
+
+
+def clarification_json(c: Clarification) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "execution_id": c.execution_id,
+        "step_id": c.step_id,
+        "job_id": c.job_id,
+        "questions": c.questions,
+        "status": c.status,
+        "answers": c.answers,
+        "timeout_at": _iso(c.timeout_at),
+        "created_at": _iso(c.created_at),
+        "answered_at": _iso(c.answered_at),
+    }
+
+
+def step_json(step: StepState) -> dict[str, Any]:
+    return {
+        "step_id": step.step_id,
+        "task": step.task,
+        "status": step.status,
+        "depends_on": step.depends_on,
+        "job_id": step.job_id,
+        "attempts": step.attempts,
+        "max_attempts": step.max_attempts,
+        "progress": step.progress,
+        "progress_message": step.progress_message,
+        "result": step.result,
+        "error": public_error(step.error),
+        "clarification": None
+        if step.clarification is None
+        else clarification_json(step.clarification),
+        "started_at": _iso(step.started_at),
+        "finished_at": _iso(step.finished_at),
+    }
+
+
+def workflow_json(spec: WorkflowSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "version": spec.version,
+        "description": spec.description,
+        "failure_policy": spec.failure_policy,
+        "parallelism": spec.parallelism,
+        "steps": [
+            {"id": s.id, "task": s.task, "depends_on": list(s.depends_on)} for s in spec.graph.steps
+        ],
     }

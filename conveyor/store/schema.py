@@ -224,3 +224,25 @@ step_memos = Table(
     Column("value", json_type()),
     Column("created_at", UtcDateTime, nullable=False),
 )
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("username", String(64), nullable=False),
+    Column("password_hash", String(255), nullable=False),
+    Column("roles", json_type(), nullable=False),
+    Column("disabled", Boolean, nullable=False, server_default=text("false")),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index("ux_users_username", "username", unique=True),
+)
+
+#: secrets the server generates itself (e.g. a JWT signing key when none is configured),
+#: shared by every replica on the same database
+server_secrets = Table(
+    "server_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)

@@ -1,0 +1,23 @@
+"""What a running API process holds (on ``app.state.conveyor``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from conveyor.app import Conveyor
+from conveyor.auth.users import Accounts
+from conveyor.engine.core import Engine
+from conveyor.runtime import Runtime
+from conveyor.settings import Settings
+
+
+@dataclass
+class ApiState:
+    settings: Settings
+    app: Conveyor
+    runtime: Runtime
+    engine: Engine
+    accounts: Accounts
+    workers: list[Any] = field(default_factory=list)
+    metrics: Any = None

@@ -1,0 +1,1 @@
+"""The research pipeline example: refine_question -> literature_scout -> synthesis."""
