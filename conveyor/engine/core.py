@@ -181,11 +181,16 @@ class Engine:
         return (await self.settle((), request)).claimed
 
     async def renew_leases(
-        self, worker_id: str, held: Sequence[tuple[str, str]], *, load: int
+        self,
+        worker_id: str,
+        held: Sequence[tuple[str, str]],
+        *,
+        load: int,
+        lease_s: float | None = None,
     ) -> LeaseRenewal:
-        return await self.db.write(
-            lambda tx: leases.renew_tx(tx, worker_id, held, self.settings.lease_ttl_s, load)
-        )
+        """Extend the leases a worker holds (by ``lease_s``, default the engine's TTL)."""
+        ttl = self.settings.lease_ttl_s if lease_s is None else lease_s
+        return await self.db.write(lambda tx: leases.renew_tx(tx, worker_id, held, ttl, load))
 
     async def recover_expired(self, limit: int = 100) -> list[str]:
         """Requeue or fail jobs whose worker stopped renewing their lease."""

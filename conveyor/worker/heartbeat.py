@@ -32,6 +32,7 @@ class HeartbeatThread(threading.Thread):
         open_db: Callable[[], Database],
         settings: EngineSettings,
         interval_s: float,
+        lease_s: float,
         held: HeldLeases,
         deliver: Deliver,
     ) -> None:
@@ -40,6 +41,7 @@ class HeartbeatThread(threading.Thread):
         self._open_db = open_db
         self._settings = settings
         self._interval_s = interval_s
+        self._lease_s = lease_s
         self._held = held
         self._deliver = deliver
         self._stop_event = threading.Event()
@@ -67,7 +69,9 @@ class HeartbeatThread(threading.Thread):
                 held, load = self._held()
                 sent = time.monotonic()
                 try:
-                    renewal = await engine.renew_leases(self._worker_id, held, load=load)
+                    renewal = await engine.renew_leases(
+                        self._worker_id, held, load=load, lease_s=self._lease_s
+                    )
                 except Exception as exc:  # keep beating: the database may come back
                     log.warning("heartbeat failed: %s", exc)
                 else:

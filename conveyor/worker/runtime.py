@@ -114,6 +114,10 @@ class Worker:
         self.settings = s = settings or WorkerSettings()
         if s.concurrency < 1:
             raise InvalidInputError("concurrency must be at least 1")
+        if s.heartbeat_interval_s * 2 > s.lease_ttl_s:
+            raise InvalidInputError(
+                "heartbeat_interval_s must be at most half of lease_ttl_s, or leases expire"
+            )
         self.worker_id = s.worker_id or default_worker_id(s.kind)
         if open_db is None:
             from conveyor.store.factory import open_database
@@ -129,6 +133,7 @@ class Worker:
         self._outbox_since = 0.0
         self._kick = asyncio.Event()
         self._maybe_work = True
+        self._wakeups = 0  # a claim that found nothing must not hide a wake-up meanwhile
         self._draining = False
         self._stopped = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -178,6 +183,7 @@ class Worker:
             open_db=self._open_db,
             settings=self.engine.settings,
             interval_s=s.heartbeat_interval_s,
+            lease_s=s.lease_ttl_s,
             held=self._held_leases,
             deliver=self._deliver_renewal,
         )
@@ -266,6 +272,7 @@ class Worker:
     # -- wake-ups and signals from other threads ---------------------------------------------
 
     def _on_wakeup(self, _queue: str) -> None:
+        self._wakeups += 1
         self._maybe_work = True
         self._kick.set()
 
@@ -343,6 +350,7 @@ class Worker:
                             self.worker_id, want, s.queues, sorted(self.tasks), s.lease_ttl_s
                         )
                     sent = time.monotonic()
+                    wakeups_before = self._wakeups
                     try:
                         result = await self.engine.settle(outcomes, claim)
                     except StoreUnavailableError as exc:
@@ -360,7 +368,7 @@ class Worker:
                         self._hold(job, sent)
                     self._fill_slots()
                     if want > 0:
-                        if len(result.claimed) < want:
+                        if len(result.claimed) < want and self._wakeups == wakeups_before:
                             self._maybe_work = False
                             next_poll = time.monotonic() + idle * (0.5 + random.random())
                             idle = min(idle * 2, s.poll_max_s)
@@ -453,12 +461,14 @@ class Worker:
             return
         if task.done():
             return
-        if reason == "cancel" and first:
-            # cooperative first: the task sees ctx.cancelled; hard stop after the grace
-            loop = asyncio.get_running_loop()
-            held.hard_stop = loop.call_later(self.settings.cancel_grace_s, task.cancel)
-        else:
-            task.cancel()
+        if reason == "cancel":
+            # cooperative first: the task sees ctx.cancelled; hard stop after the grace.
+            # Later notices (every heartbeat repeats it) must not cut the grace short.
+            if first:
+                loop = asyncio.get_running_loop()
+                held.hard_stop = loop.call_later(self.settings.cancel_grace_s, task.cancel)
+            return
+        task.cancel()
 
     async def _execute(self, held: _Held) -> None:
         attempt = held.attempt
@@ -484,7 +494,7 @@ class Worker:
             outcome = self._stopped_outcome(attempt)
             if attempt.stop_reason is None:
                 raise
-        except TimeoutError:
+        except _AttemptTimedOut:
             outcome = Failed(
                 job.id,
                 token,
@@ -553,7 +563,14 @@ class Worker:
             awaitable = loop.run_in_executor(self._threads, partial(definition.fn, *args, **kwargs))
         if timeout_s is None:
             return await awaitable
-        return await asyncio.wait_for(awaitable, timeout_s)
+        deadline = asyncio.timeout(timeout_s)
+        try:
+            async with deadline:
+                return await awaitable
+        except TimeoutError:
+            if deadline.expired():
+                raise _AttemptTimedOut from None
+            raise  # the task's own TimeoutError: an ordinary failure
 
     # -- maintenance -------------------------------------------------------------------------
 
@@ -571,6 +588,10 @@ class Worker:
                 log.warning("lease recovery sweep failed: %s", exc)
             except Exception:
                 log.exception("lease recovery sweep crashed")
+
+
+class _AttemptTimedOut(Exception):
+    """The attempt ran past the job's timeout (not a TimeoutError raised by task code)."""
 
 
 def _error(exc: BaseException, *, with_traceback: bool = True) -> dict[str, Any]:
