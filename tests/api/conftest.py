@@ -66,9 +66,7 @@ def login(base: str, username: str, password: str) -> str:
     return token
 
 
-def wait_json(
-    client: httpx.Client, path: str, done: Any, timeout: float = 20.0
-) -> dict[str, Any]:
+def wait_json(client: httpx.Client, path: str, done: Any, timeout: float = 20.0) -> dict[str, Any]:
     """GET ``path`` until ``done(body)`` is true."""
     deadline = time.monotonic() + timeout
     while True:
