@@ -115,3 +115,21 @@ def record_sync(ctx: Context, sleep_s: float = 0.0, key: str = "") -> dict[str, 
 def add(a: int, b: int) -> int:
     """a + b."""
     return a + b
+
+
+# A chain whose steps leave ledger rows keyed by step id: a crash test kills the worker
+# in the middle and checks that completed steps never run again.
+from conveyor.domain.graph import Step  # noqa: E402
+from conveyor.workflows import Workflow  # noqa: E402
+
+CHAIN = ("s1", "s2", "s3", "s4")
+app.add_workflow(
+    Workflow(
+        "ledger_chain",
+        [
+            Step(step_id, "record", [CHAIN[i - 1]] if i else [], input={"key": step_id})
+            for i, step_id in enumerate(CHAIN)
+        ],
+        description="Four recording steps in a row.",
+    )
+)
