@@ -185,7 +185,17 @@ _INSERT_COLUMNS = (
 )
 
 
+_insert_cache: dict[tuple[str, bool, bool], Any] = {}
+
+
 def _insert_statement(dialect: str, *, relative: bool, keyed: bool) -> Any:
+    key = (dialect, relative, keyed)
+    if key not in _insert_cache:
+        _insert_cache[key] = _build_insert(dialect, relative=relative, keyed=keyed)
+    return _insert_cache[key]
+
+
+def _build_insert(dialect: str, *, relative: bool, keyed: bool) -> Any:
     values: dict[str, Any] = {c: bindparam(c, type_=jobs.c[c].type) for c in _INSERT_COLUMNS}
     values["created_at"] = db_now()
     values["run_at"] = (

@@ -36,7 +36,7 @@ from conveyor.engine.models import (
 )
 from conveyor.store.database import Tx
 from conveyor.store.schema import jobs, queues, workers
-from conveyor.store.sql import db_now, db_now_plus
+from conveyor.store.sql import db_now, db_now_plus, id_in
 
 _ACTIVE = JobStatus.ACTIVE.value
 
@@ -59,11 +59,11 @@ _CLAIM_RETURNING = (
     jobs.c.cancel_requested,
     jobs.c.priority,
 )
-_claim_cache: dict[tuple[bool, bool], Any] = {}
+_claim_cache: dict[tuple[str, bool, bool], Any] = {}
 
 
-def _claim_statement(by_queue: bool, by_task: bool) -> Any:
-    key = (by_queue, by_task)
+def _claim_statement(dialect: str, by_queue: bool, by_task: bool) -> Any:
+    key = (dialect, by_queue, by_task)
     if key not in _claim_cache:
         paused = select(queues.c.name).where(queues.c.paused.is_(True))
         due: Select[Any] = select(jobs.c.id).where(
@@ -82,7 +82,7 @@ def _claim_statement(by_queue: bool, by_task: bool) -> Any:
         )
         _claim_cache[key] = (
             update(jobs)
-            .where(jobs.c.id.in_(due.scalar_subquery()))
+            .where(id_in(dialect, jobs.c.id, due))
             .values(
                 status=_ACTIVE,
                 lease_token=bindparam("token"),
@@ -115,7 +115,7 @@ def claim_tx(
         params["queues"] = request.queues
     if request.tasks is not None:
         params["tasks"] = request.tasks
-    stmt = _claim_statement(request.queues is not None, request.tasks is not None)
+    stmt = _claim_statement(tx.dialect, request.queues is not None, request.tasks is not None)
     rows = list(tx.conn.execute(stmt, params).all())
     if not rows:
         return []

@@ -20,9 +20,9 @@ import abc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection, bindparam, update
 
 from conveyor.domain.events import Event, NewEvent
 from conveyor.store.schema import event_counter
@@ -48,7 +48,7 @@ def _insert_events_sql(dialect: str) -> str:
 _next_event_ids = (
     update(event_counter)
     .where(event_counter.c.id == 1)
-    .values(last_id=event_counter.c.last_id + 0)  # replaced per call with the count
+    .values(last_id=event_counter.c.last_id + bindparam("count"))
     .returning(event_counter.c.last_id, db_now())
 )
 
@@ -85,6 +85,14 @@ class Tx:
         self.on_commit.append(callback)
 
 
+class Listener(Protocol):
+    """Delivers other processes' notifications (a hint: they can be lost)."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class Database(abc.ABC):
     """A connection to one Conveyor database (SQLite file or PostgreSQL)."""
 
@@ -105,6 +113,15 @@ class Database(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    def listen(
+        self,
+        channels: list[str],
+        on_notify: Callable[[str, str], None],
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> Listener | None:
+        """A listener for notifications other processes commit, if the backend has one."""
+        return None
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Call ``listener`` with the events of every transaction this process commits."""
@@ -138,8 +155,7 @@ class Database(abc.ABC):
             self._send_notifications(tx)
             return []
         count = len(tx.events)
-        stmt = _next_event_ids.values(last_id=event_counter.c.last_id + count)
-        last_id, created_at = tx.conn.execute(stmt).one()
+        last_id, created_at = tx.conn.execute(_next_event_ids, {"count": count}).one()
         first = last_id - count + 1
         stamp = _STAMP.process_bind_param(created_at, tx.conn.dialect)
         rows = [

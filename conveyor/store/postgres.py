@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from conveyor.domain.events import Event
 from conveyor.errors import StoreUnavailableError
-from conveyor.store.database import Database, Tx
+from conveyor.store.database import Database, Listener, Tx
 from conveyor.store.types import dumps
 
 T = TypeVar("T")
@@ -110,6 +110,14 @@ class PostgresDatabase(Database):
 
     async def close(self) -> None:
         await self._engine.dispose()
+
+    def listen(
+        self,
+        channels: list[str],
+        on_notify: Callable[[str, str], None],
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> Listener | None:
+        return PgListener(self.url, channels, on_notify, on_reconnect)
 
     def _write_sync(self, conn: Connection, fn: Callable[[Tx], T]) -> tuple[T, Tx, list[Event]]:
         with conn.begin():

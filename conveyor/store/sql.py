@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Float, Table
+from sqlalchemy import Boolean, ColumnElement, Float, Select, Table
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import FunctionElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from conveyor.store.types import UtcDateTime
 
@@ -86,3 +87,36 @@ def dialect_insert(dialect: str, table: Table) -> Any:
     if dialect == "postgresql":
         return pg_insert(table)
     return sqlite_insert(table)
+
+
+class any_of(ColumnElement[bool]):
+    """``column = ANY(ARRAY(subquery))`` (PostgreSQL).
+
+    For a claim, PostgreSQL plans ``IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`` as a
+    join that can scan the whole table; with an array it takes the n ids first and then
+    updates exactly those rows by primary key.
+    """
+
+    inherit_cache = True
+    type = Boolean()
+    _traverse_internals = [  # noqa: RUF012 - SQLAlchemy's declared shape
+        ("column", InternalTraversal.dp_clauseelement),
+        ("subquery", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, column: ColumnElement[Any], subquery: Select[Any]) -> None:
+        self.column = column
+        self.subquery = subquery
+
+
+@compiles(any_of, "postgresql")
+def _any_of_pg(element: any_of, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(element.column, **kw)
+    return f"{column} = ANY(ARRAY({compiler.process(element.subquery, asfrom=False, **kw)}))"
+
+
+def id_in(dialect: str, column: ColumnElement[Any], subquery: Select[Any]) -> ColumnElement[bool]:
+    """``column IN (subquery)``, in the form each backend plans best."""
+    if dialect == "postgresql":
+        return any_of(column, subquery)
+    return column.in_(subquery.scalar_subquery())

@@ -14,9 +14,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 
+from conveyor.domain.events import Event
 from conveyor.errors import StoreUnavailableError
-from conveyor.store.database import Database, Tx
+from conveyor.store.database import Database, Listener, Tx
 from conveyor.store.types import dumps
+from conveyor.store.wake import WakeListener, WakeSender
 
 T = TypeVar("T")
 
@@ -93,6 +95,7 @@ class SqliteDatabase(Database):
             cursor.close()
 
         self._conn: Connection | None = None
+        self._wake = WakeSender(path)
 
     def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed:
@@ -110,7 +113,21 @@ class SqliteDatabase(Database):
     async def read(self, fn: Callable[[Connection], T]) -> T:
         return await self._retrying(lambda: self._read_once(fn))
 
+    def listen(
+        self,
+        channels: list[str],
+        on_notify: Callable[[str, str], None],
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> Listener | None:
+        return WakeListener(self.path, channels, on_notify)
+
+    def _committed(self, tx: Tx, recorded: list[Event]) -> None:
+        super()._committed(tx, recorded)
+        if tx.notifications:
+            self._wake.send(tx.notifications)
+
     async def close(self) -> None:
+        self._wake.close()
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -168,16 +168,15 @@ class Worker:
         )
         self.engine.add_wakeup(self._on_wakeup)
         self.engine.add_cancel_listener(self._on_cancel_notice)
-        if s.listen and self.engine.db.dialect == "postgresql":
-            from conveyor.store.postgres import PgListener
-
-            self._listener = PgListener(
-                self.engine.db.url,
+        if s.listen:
+            # other processes' submissions and cancels (NOTIFY, or a socket for SQLite)
+            self._listener = self.engine.db.listen(
                 [JOBS_CHANNEL, CANCEL_CHANNEL],
-                self._on_pg_notify,
+                self._on_notify,
                 on_reconnect=lambda: self._on_wakeup(""),
             )
-            self._listener.start()
+            if self._listener is not None:
+                self._listener.start()
         self._heartbeat = HeartbeatThread(
             worker_id=self.worker_id,
             open_db=self._open_db,
@@ -281,7 +280,7 @@ class Worker:
         if held is not None:
             self._stop_attempt(held, "cancel")
 
-    def _on_pg_notify(self, channel: str, payload: str) -> None:
+    def _on_notify(self, channel: str, payload: str) -> None:
         if channel == CANCEL_CHANNEL:
             self._on_cancel_notice(payload)
         else:
