@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list)
     docs_enabled: bool = True
     metrics_public: bool = True
+    stream_max_lifetime_s: float = Field(default=3600.0, ge=1, le=86_400)
+    stream_send_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    stream_buffer_events: int = Field(default=1000, ge=10, le=1_000_000)
+    max_streams_per_user: int = Field(default=100, ge=1, le=100_000)
+    events_poll_s: float = Field(default=1.0, gt=0, le=60)
 
     @model_validator(mode="after")
     def _leases_can_be_renewed(self) -> Settings:

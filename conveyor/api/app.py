@@ -19,12 +19,15 @@ from conveyor.api.errors import PROBLEM_JSON, Problem, problem
 from conveyor.api.metrics import CONTENT_TYPE, Metrics
 from conveyor.api.middleware import AccessLog, BodyLimit, SecurityHeaders
 from conveyor.api.routers import auth, executions, jobs, system
+from conveyor.api.routers import streams as streams_router
 from conveyor.api.routers.common import API_PREFIX
 from conveyor.api.state import ApiState
 from conveyor.app import Conveyor
+from conveyor.auth.tickets import StreamTickets
 from conveyor.auth.tokens import TokenPolicy, TokenService
 from conveyor.auth.users import Accounts, LoginLimiter, shared_secret
 from conveyor.errors import ConveyorError
+from conveyor.events.hub import EventHub
 from conveyor.runtime import Runtime
 from conveyor.settings import Settings
 
@@ -104,7 +107,23 @@ def create_app(
                 file=sys.stderr,
                 flush=True,
             )
-        state = ApiState(settings, conveyor_app, runtime, engine, accounts, metrics=metrics)
+        hub = EventHub(
+            engine.db,
+            poll_s=settings.events_poll_s,
+            subscriber_capacity=settings.stream_buffer_events,
+            max_per_owner=settings.max_streams_per_user,
+        )
+        await hub.start()
+        state = ApiState(
+            settings,
+            conveyor_app,
+            runtime,
+            engine,
+            accounts,
+            hub,
+            StreamTickets(engine.db),
+            metrics=metrics,
+        )
         api.state.conveyor = state
         metrics.start(engine)
         if worker_concurrency > 0:
@@ -118,6 +137,7 @@ def create_app(
         finally:
             for worker in state.workers:
                 await worker.stop()
+            await hub.stop()
             await metrics.stop()
             await runtime.close()
 
@@ -138,6 +158,7 @@ def create_app(
         executions.workflows,
         executions.executions,
         executions.clarifications,
+        streams_router.router,
         system.workers,
         system.queues,
         system.health,

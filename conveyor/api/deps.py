@@ -57,6 +57,7 @@ async def worker_agent(caller: Annotated[Principal, Depends(principal)]) -> Prin
 
 
 Caller = Annotated[Principal, Depends(principal)]
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 Submitter = Annotated[Principal, Depends(submitter)]
 Admin = Annotated[Principal, Depends(admin)]
 WorkerAgent = Annotated[Principal, Depends(worker_agent)]

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conveyor.app import Conveyor
+from conveyor.auth.tickets import StreamTickets
 from conveyor.auth.users import Accounts
 from conveyor.engine.core import Engine
+from conveyor.events.hub import EventHub
 from conveyor.runtime import Runtime
 from conveyor.settings import Settings
 
@@ -19,5 +21,7 @@ class ApiState:
     runtime: Runtime
     engine: Engine
     accounts: Accounts
+    hub: EventHub
+    tickets: StreamTickets
     workers: list[Any] = field(default_factory=list)
     metrics: Any = None

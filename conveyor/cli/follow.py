@@ -1,14 +1,15 @@
 """``--follow``: a live view of an execution or a job until it finishes.
 
-Reads the event log after the last id it has seen (so nothing is missed or shown twice),
-redraws a Rich view with one progress bar per active step, and, on a terminal, prompts
-for the answers when a step asks a clarification.
+Follows the event log (SSE from a server, the events table locally) from the last id
+it has seen, so nothing is missed or shown twice; redraws a Rich view with one progress
+bar per active step; and, on a terminal, prompts for the answers when a step asks a
+clarification.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ from conveyor.errors import AnswerValidationError, ConflictError
 #: exit codes of ``--follow`` (the execution's or job's final status)
 EXIT_BY_STATUS = {"completed": 0, "failed": 1, "cancelled": 8}
 TERMINAL = frozenset(EXIT_BY_STATUS)
-POLL_S = 0.2
+REFRESH_S = 0.25
 
 
 @dataclass
@@ -67,34 +68,41 @@ async def follow_execution(ops: Ops, execution_id: str, *, interactive: bool | N
     interactive = sys.stdin.isatty() if interactive is None else interactive
     view = _View()
     await _refresh(ops, execution_id, view)
-    after = 0
+    refreshed = time.monotonic()
     with Live(view.render(execution_id), console=console, refresh_per_second=8) as live:
-        while True:
-            events = await ops.execution_events(execution_id, after)
-            for event in events:
-                after = event["id"]
+        await _ask_waiting(ops, execution_id, view, interactive, live)
+        if view.status not in TERMINAL:
+            async for event in ops.follow("execution", execution_id, 0):
                 _apply(view, event)
-            if events:
-                await _refresh(ops, execution_id, view)
+                state_changed = not event["type"].endswith(".progress")
+                if state_changed or time.monotonic() - refreshed > REFRESH_S:
+                    await _refresh(ops, execution_id, view)
+                    refreshed = time.monotonic()
                 live.update(view.render(execution_id))
-            waiting = [s for s, step in view.steps.items() if step["status"] == "awaiting_input"]
-            for step_id in waiting:
-                if step_id in view.asked:
-                    continue
-                view.asked.add(step_id)
-                live.stop()
-                await _answer(ops, execution_id, step_id, interactive)
-                live.start()
-            if view.status in TERMINAL:
-                live.update(view.render(execution_id))
-                break
-            await asyncio.sleep(POLL_S)
+                if event["type"] == "clarification.requested":
+                    await _ask_waiting(ops, execution_id, view, interactive, live)
+        await _refresh(ops, execution_id, view)
+        live.update(view.render(execution_id))
     final = await ops.get_execution(execution_id)
     if final["status"] == "completed":
         console.print_json(data=final["output"])
     elif final.get("error"):
         err_console.print(f"[red]{final['status']}:[/] {final['error'].get('message', '')}")
     return EXIT_BY_STATUS.get(final["status"], 1)
+
+
+async def _ask_waiting(
+    ops: Ops, execution_id: str, view: _View, interactive: bool, live: Live
+) -> None:
+    for step_id, step in list(view.steps.items()):
+        if step["status"] != "awaiting_input" or step_id in view.asked:
+            continue
+        view.asked.add(step_id)
+        live.stop()
+        try:
+            await _answer(ops, execution_id, step_id, interactive)
+        finally:
+            live.start()
 
 
 async def follow_job(ops: Ops, job_id: str) -> int:
@@ -108,21 +116,18 @@ async def follow_job(ops: Ops, job_id: str) -> int:
     )
     job = await ops.get_job(job_id)
     bar = progress.add_task(job["task"], total=100, status=job["status"], message="")
-    after = 0
     with progress:
-        while True:
-            for event in await ops.job_events(job_id, after):
-                after = event["id"]
-            job = await ops.get_job(job_id)
-            progress.update(
-                bar,
-                completed=job["progress"],
-                status=job["status"],
-                message=job.get("progress_message") or "",
-            )
-            if job["status"] in TERMINAL:
-                break
-            await asyncio.sleep(POLL_S)
+        if job["status"] not in TERMINAL:
+            async for event in ops.follow("job", job_id, 0):
+                data = event.get("data") or {}
+                if event["type"] == "job.progress":
+                    progress.update(
+                        bar, completed=data.get("progress", 0), message=data.get("message") or ""
+                    )
+                else:
+                    progress.update(bar, status=event["type"].removeprefix("job."))
+        job = await ops.get_job(job_id)
+        progress.update(bar, completed=job["progress"], status=job["status"])
     if job["status"] == "completed":
         console.print_json(data=job["result"])
     elif job.get("error"):

@@ -6,9 +6,12 @@ of the HTTP contract, so output looks the same either way.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from conveyor.client.aio import AsyncClient
+from conveyor.domain.events import TERMINAL_EXECUTION_EVENTS, TERMINAL_JOB_EVENTS
 from conveyor.engine.core import Engine
 from conveyor.engine.executions import ExecutionFilters
 from conveyor.engine.jobs import JobFilters
@@ -52,6 +55,10 @@ class Ops(Protocol):
     async def execution_events(self, execution_id: str, after: int) -> list[Json]: ...
     async def answer(self, execution_id: str, step_id: str, answers: Json) -> Json: ...
     async def list_clarifications(self, status: str | None) -> list[Json]: ...
+    def follow(self, kind: str, ident: str, after: int) -> AsyncIterator[Json]: ...
+
+
+POLL_S = 0.2
 
 
 class LocalOps:
@@ -163,6 +170,20 @@ class LocalOps:
         found = await self.engine.list_clarifications(owner=self._scope, status=status)
         return [clarification_json(c) for c in found]
 
+    async def follow(self, kind: str, ident: str, after: int) -> AsyncIterator[Json]:
+        """Events after ``after`` until the terminal one, read from the table (by id, so
+        nothing is missed whichever process wrote them)."""
+        read = self.execution_events if kind == "execution" else self.job_events
+        terminal = TERMINAL_EXECUTION_EVENTS if kind == "execution" else TERMINAL_JOB_EVENTS
+        while True:
+            for event in await read(ident, after):
+                after = event["id"]
+                yield event
+                own = event.get(f"{kind}_id") == ident
+                if own and event["type"] in terminal and (kind == "job" or not event["job_id"]):
+                    return
+            await asyncio.sleep(POLL_S)
+
 
 class RemoteOps:
     """Through a Conveyor server's HTTP API, with a bearer token."""
@@ -272,3 +293,6 @@ class RemoteOps:
     async def list_clarifications(self, status: str | None) -> list[Json]:
         items: list[Json] = (await self.client.clarifications(status))["items"]
         return items
+
+    def follow(self, kind: str, ident: str, after: int) -> AsyncIterator[Json]:
+        return self.client.follow(kind, ident, after=after)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import httpx2 as httpx
@@ -12,6 +12,7 @@ import httpx2 as httpx
 from conveyor.client import calls
 from conveyor.client.calls import TERMINAL, Call, Json
 from conveyor.client.methods import Methods
+from conveyor.client.sse import follow_events
 
 
 class AsyncClient(Methods[Awaitable[Any]]):
@@ -47,6 +48,11 @@ class AsyncClient(Methods[Awaitable[Any]]):
         token: str = body["access_token"]
         self._http.headers["Authorization"] = f"Bearer {token}"
         return token
+
+    def follow(self, kind: str, ident: str, *, after: int = 0) -> AsyncIterator[Json]:
+        """Live events of an ``execution`` or a ``job`` (SSE) until it finishes; the
+        stream resumes by itself after a dropped connection."""
+        return follow_events(self._http, kind, ident, after=after)
 
     async def wait(self, job_id: str, *, timeout: float = 300.0, poll: float = 0.2) -> Json:
         """Poll a job until it is completed, failed or cancelled."""

@@ -166,6 +166,20 @@ class Engine:
 
         return await self.db.read(body)
 
+    async def queue_events(
+        self, queue: str, *, owner: str | None = None, after_id: int = 0, limit: int = 100
+    ) -> list[Event]:
+        """A queue's events after ``after_id`` (only the owner's, unless ``owner`` is None)."""
+
+        def body(conn: Connection) -> list[Event]:
+            stmt = select(events).where(events.c.queue == queue, events.c.id > after_id)
+            if owner is not None:
+                stmt = stmt.where(events.c.owner == owner)
+            rows = conn.execute(stmt.order_by(events.c.id).limit(limit)).all()
+            return [Event(**row._mapping) for row in rows]
+
+        return await self.db.read(body)
+
     # -- workers' side ---------------------------------------------------------------------
 
     async def settle(

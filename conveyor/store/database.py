@@ -33,6 +33,8 @@ T = TypeVar("T")
 log = logging.getLogger("conveyor.store")
 
 CommitListener = Callable[[list[Event]], None]
+#: every transaction that writes events notifies this channel with its last event id
+EVENTS_CHANNEL = "conveyor_events"
 
 _STAMP = UtcDateTime()
 _EVENT_COLUMNS = "id, type, owner, job_id, execution_id, step_id, queue, data, created_at"
@@ -173,6 +175,7 @@ class Database(abc.ABC):
             for i, ev in enumerate(tx.events)
         ]
         tx.conn.exec_driver_sql(_insert_events_sql(tx.dialect), rows)
+        tx.notify(EVENTS_CHANNEL, str(last_id))
         self._send_notifications(tx)
         if not self._commit_listeners:
             return []

@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from conveyor import faults
 from conveyor.domain.events import Event
 from conveyor.errors import StoreUnavailableError
 from conveyor.store.database import Database, Listener, Tx
@@ -127,6 +128,8 @@ class PostgresDatabase(Database):
         return result, tx, recorded
 
     def _send_notifications(self, tx: Tx) -> None:
+        if faults.active("drop_notify"):
+            return
         for channel, payload in sorted(tx.notifications):
             tx.conn.execute(_notify, {"channel": channel, "payload": payload})
 

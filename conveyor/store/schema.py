@@ -246,3 +246,14 @@ server_secrets = Table(
     Column("value", Text, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
 )
+
+stream_tickets = Table(
+    "stream_tickets",
+    metadata,
+    Column("ticket_hash", String(64), primary_key=True),
+    Column("owner", OWNER, nullable=False),
+    Column("scope", String(200), nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("used_at", UtcDateTime),
+    Column("created_at", UtcDateTime, nullable=False),
+)

@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 
+from conveyor import faults
 from conveyor.domain.events import Event
 from conveyor.errors import StoreUnavailableError
 from conveyor.store.database import Database, Listener, Tx
@@ -123,7 +124,7 @@ class SqliteDatabase(Database):
 
     def _committed(self, tx: Tx, recorded: list[Event]) -> None:
         super()._committed(tx, recorded)
-        if tx.notifications:
+        if tx.notifications and not faults.active("drop_notify"):
             self._wake.send(tx.notifications)
 
     async def close(self) -> None:

@@ -23,3 +23,20 @@ IdempotencyKey = Annotated[
     ),
 ]
 API_PREFIX = "/api/v1"
+LastEventId = Annotated[
+    int | None,
+    Query(
+        ge=0,
+        le=2**62,
+        description="Resume a stream after this event id (for clients "
+        "that cannot send the Last-Event-ID header).",
+    ),
+]
+StreamTicket = Annotated[
+    str | None,
+    Query(
+        min_length=10,
+        max_length=200,
+        description="A single-use ticket from POST /stream-tickets (for browsers' EventSource).",
+    ),
+]

@@ -7,9 +7,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from conveyor.api.deps import Caller, EngineDep, Submitter, api_state
+from conveyor.api.deps import BearerCredentials, Caller, EngineDep, Submitter, api_state, principal
 from conveyor.api.errors import problem_responses
-from conveyor.api.routers.common import API_PREFIX, AfterEvent, Cursor, IdempotencyKey, Limit
+from conveyor.api.routers.common import (
+    API_PREFIX,
+    AfterEvent,
+    Cursor,
+    IdempotencyKey,
+    LastEventId,
+    Limit,
+    StreamTicket,
+)
 from conveyor.api.schemas import (
     AnswerIn,
     ClarificationList,
@@ -24,6 +32,8 @@ from conveyor.api.schemas import (
     StepOut,
     WorkflowOut,
 )
+from conveyor.api.streams import SSE_MEDIA, sse_response, stream_caller, wants_sse
+from conveyor.api.streams import last_event_id as resume_from
 from conveyor.engine.executions import ExecutionFilters
 from conveyor.engine.requests import execution_spec
 from conveyor.engine.views import (
@@ -226,18 +236,43 @@ async def retry_execution(
 @executions.get(
     "/{execution_id}/events",
     response_model=EventPage,
-    responses=problem_responses(401, 404, 422, 503),
+    responses={
+        200: {
+            "description": "The events as a JSON page, or as a live stream with "
+            "`Accept: text/event-stream` (resume with `Last-Event-ID`)",
+            "content": {SSE_MEDIA: {"schema": {"type": "string"}}},
+        },
+        **problem_responses(401, 404, 422, 429, 503),
+    },
 )
 async def execution_events(
     execution_id: str,
-    caller: Caller,
+    request: Request,
     engine: EngineDep,
+    credentials: BearerCredentials = None,
     after: AfterEvent = 0,
     limit: Limit = 100,
-) -> dict[str, Any]:
-    """The execution's events and its steps', oldest first."""
+    last_event_id: LastEventId = None,
+    ticket: StreamTicket = None,
+) -> Any:
+    """The execution's events and its steps', oldest first; with
+    ``Accept: text/event-stream`` a live stream that ends after the execution's last event."""
+    key = f"execution:{execution_id}"
+    if wants_sse(request):
+        caller = await stream_caller(request, key, ticket)
+        await engine.get_execution(execution_id, owner=caller.scope)
+        return sse_response(
+            api_state(request),
+            key,
+            caller,
+            lambda since, n: engine.execution_events(
+                execution_id, owner=caller.scope, after_id=since, limit=n
+            ),
+            resume_from(request, last_event_id) or after,
+        )
+    principal_ = await principal(request, credentials)
     found = await engine.execution_events(
-        execution_id, owner=caller.scope, after_id=after, limit=limit + 1
+        execution_id, owner=principal_.scope, after_id=after, limit=limit + 1
     )
     items = [event_json(e) for e in found[:limit]]
     return {"items": items, "next_cursor": str(items[-1]["id"]) if len(found) > limit else None}

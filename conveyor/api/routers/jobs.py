@@ -5,12 +5,29 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from conveyor.api.deps import Caller, EngineDep, Submitter
+from conveyor.api.deps import (
+    BearerCredentials,
+    Caller,
+    EngineDep,
+    Submitter,
+    api_state,
+    principal,
+)
 from conveyor.api.errors import problem_responses
-from conveyor.api.routers.common import API_PREFIX, AfterEvent, Cursor, IdempotencyKey, Limit
+from conveyor.api.routers.common import (
+    API_PREFIX,
+    AfterEvent,
+    Cursor,
+    IdempotencyKey,
+    LastEventId,
+    Limit,
+    StreamTicket,
+)
 from conveyor.api.schemas import EventPage, JobCreate, JobOut, JobPage, JobStatusName
+from conveyor.api.streams import SSE_MEDIA, sse_response, stream_caller, wants_sse
+from conveyor.api.streams import last_event_id as resume_from
 from conveyor.engine.jobs import JobFilters
 from conveyor.engine.requests import job_spec
 from conveyor.engine.views import event_json, job_json
@@ -116,17 +133,39 @@ async def retry_job(job_id: str, caller: Submitter, engine: EngineDep) -> dict[s
 @router.get(
     "/{job_id}/events",
     response_model=EventPage,
-    responses=problem_responses(401, 404, 422, 503),
-    summary="A job's events, oldest first",
+    responses={
+        200: {
+            "description": "The events as a JSON page, or as a live stream with "
+            "`Accept: text/event-stream` (resume with `Last-Event-ID`)",
+            "content": {SSE_MEDIA: {"schema": {"type": "string"}}},
+        },
+        **problem_responses(401, 404, 422, 429, 503),
+    },
+    summary="A job's events, oldest first (JSON page or live SSE)",
 )
 async def job_events(
     job_id: str,
-    caller: Caller,
+    request: Request,
     engine: EngineDep,
+    credentials: BearerCredentials = None,
     after: AfterEvent = 0,
     limit: Limit = EVENTS_PAGE,
-) -> dict[str, Any]:
-    found = await engine.job_events(job_id, owner=caller.scope, after_id=after, limit=limit + 1)
+    last_event_id: LastEventId = None,
+    ticket: StreamTicket = None,
+) -> Any:
+    key = f"job:{job_id}"
+    if wants_sse(request):
+        caller = await stream_caller(request, key, ticket)
+        await engine.get_job(job_id, owner=caller.scope)
+        return sse_response(
+            api_state(request),
+            key,
+            caller,
+            lambda since, n: engine.job_events(job_id, owner=caller.scope, after_id=since, limit=n),
+            resume_from(request, last_event_id) or after,
+        )
+    principal_ = await principal(request, credentials)
+    found = await engine.job_events(job_id, owner=principal_.scope, after_id=after, limit=limit + 1)
     items = [event_json(e) for e in found[:limit]]
     return {
         "items": items,

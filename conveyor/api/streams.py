@@ -1,0 +1,237 @@
+"""Live streams: SSE on the events routes, single-use stream tickets, and WebSocket.
+
+Credentials: ``Authorization: Bearer`` (any client), or ``?ticket=`` from
+``POST /stream-tickets`` (browsers' EventSource cannot set headers). A long-lived JWT is
+never accepted in a URL. Every stream ends when its token expires or after
+``stream_max_lifetime_s``, so it never outlives its credentials by much.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request, WebSocket, WebSocketDisconnect
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from conveyor.api.state import ApiState
+from conveyor.auth.principal import Principal
+from conveyor.domain.events import Event
+from conveyor.engine.views import event_json
+from conveyor.errors import AuthenticationError, ConveyorError, InvalidInputError
+from conveyor.events.stream import follow
+
+SSE_MEDIA = "text/event-stream"
+RETRY_MS = 2000
+Replay = Callable[[int, int], Awaitable[list[Event]]]
+
+
+def wants_sse(request: Request) -> bool:
+    return SSE_MEDIA in request.headers.get("accept", "")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamCaller:
+    """Who opened a stream: a principal (bearer) or a ticket holder."""
+
+    owner_id: str
+    scope: str | None  # owner filter for reads (None: an admin)
+    lifetime_s: float
+
+
+async def stream_caller(request: Request, key: str, ticket: str | None) -> StreamCaller:
+    state: ApiState = request.app.state.conveyor
+    cap = state.settings.stream_max_lifetime_s
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        token = header[7:].strip()
+        principal = await state.accounts.principal(token)
+        expires_at = state.accounts.tokens.verify(token).expires_at
+        return StreamCaller(principal.id, principal.scope, min(cap, expires_at - time.time()))
+    if ticket:
+        owner = await state.tickets.redeem(ticket, key)
+        return StreamCaller(owner, owner, cap)
+    raise AuthenticationError("missing bearer token or stream ticket")
+
+
+def last_event_id(request: Request, query_value: int | None) -> int:
+    """Where a stream resumes: ``Last-Event-ID`` header, else ``?last_event_id=``."""
+    header = request.headers.get("last-event-id")
+    if header is not None:
+        try:
+            value = int(header)
+        except ValueError:
+            raise InvalidInputError("Last-Event-ID must be an event id (an integer)") from None
+        if value < 0:
+            raise InvalidInputError("Last-Event-ID must not be negative")
+        return value
+    return query_value or 0
+
+
+def sse_response(
+    state: ApiState, key: str, caller: StreamCaller, replay: Replay, after: int
+) -> EventSourceResponse:
+    async def frames() -> AsyncIterator[ServerSentEvent]:
+        yield ServerSentEvent(comment="conveyor event stream", retry=RETRY_MS)
+        async for event in follow(
+            state.hub,
+            key,
+            replay=replay,
+            after=after,
+            quota_owner=caller.owner_id,
+            lifetime_s=caller.lifetime_s,
+        ):
+            yield ServerSentEvent(
+                data=json.dumps(event_json(event), separators=(",", ":")),
+                event=event.type,
+                id=str(event.id),
+            )
+
+    return EventSourceResponse(
+        frames(),
+        ping=15,
+        send_timeout=state.settings.stream_send_timeout_s,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+# -- WebSocket -------------------------------------------------------------------------------
+
+
+async def websocket_session(websocket: WebSocket, state: ApiState) -> None:
+    """``{"token": ...}`` first; then ``{"subscribe": "execution:<id>", "after": n}`` and
+    ``{"unsubscribe": ...}``; event frames carry their ``subscription``."""
+    await websocket.accept()
+    send_lock = asyncio.Lock()
+
+    async def send(payload: dict[str, Any]) -> None:
+        async with send_lock:
+            await websocket.send_text(json.dumps(payload, separators=(",", ":")))
+
+    try:
+        first = await asyncio.wait_for(websocket.receive_json(), 10)
+        token = first.get("token") if isinstance(first, dict) else None
+        if not isinstance(token, str):
+            raise AuthenticationError('the first message must be {"token": "..."}')
+        principal = await state.accounts.principal(token)
+        expires_at = state.accounts.tokens.verify(token).expires_at
+    except (TimeoutError, ConveyorError, ValueError, WebSocketDisconnect) as exc:
+        message = exc.message if isinstance(exc, ConveyorError) else "authentication required"
+        with contextlib.suppress(Exception):
+            await send({"error": {"status": 401, "detail": message}})
+            await websocket.close(code=4401)
+        return
+    lifetime = min(state.settings.stream_max_lifetime_s, expires_at - time.time())
+    await send({"type": "welcome", "user": principal.username})
+    tasks: dict[str, asyncio.Task[None]] = {}
+    try:
+        async with asyncio.timeout(max(lifetime, 0)):
+            while True:
+                message = await websocket.receive_json()
+                if not isinstance(message, dict):
+                    await send({"error": {"status": 422, "detail": "messages are JSON objects"}})
+                    continue
+                if "subscribe" in message:
+                    key = message["subscribe"]
+                    after = message.get("after", 0)
+                    if not isinstance(key, str) or key in tasks:
+                        await send({"error": {"status": 409, "subscription": key}})
+                        continue
+                    if not isinstance(after, int) or after < 0:
+                        await send({"error": {"status": 422, "detail": "after must be >= 0"}})
+                        continue
+                    if key.startswith("queue:") and after == 0:
+                        after = state.hub.last_id  # a queue's whole history is not replayed
+                    try:
+                        replay, owner_filter = await _authorize(state, principal, key)
+                    except ConveyorError as exc:
+                        status = 404 if exc.code == "not_found" else 422
+                        await send(
+                            {
+                                "error": {
+                                    "status": status,
+                                    "subscription": key,
+                                    "detail": exc.message,
+                                }
+                            }
+                        )
+                        continue
+                    tasks[key] = asyncio.create_task(
+                        _pump(state, key, replay, after, principal, owner_filter, lifetime, send)
+                    )
+                    await send({"type": "subscribed", "subscription": key})
+                elif "unsubscribe" in message:
+                    task = tasks.pop(str(message["unsubscribe"]), None)
+                    if task is not None:
+                        task.cancel()
+                    await send({"type": "unsubscribed", "subscription": message["unsubscribe"]})
+                else:
+                    await send({"error": {"status": 422, "detail": "subscribe or unsubscribe"}})
+    except TimeoutError:
+        with contextlib.suppress(Exception):
+            await websocket.close(code=4401, reason="credentials expired; reconnect")
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+
+async def _authorize(state: ApiState, principal: Principal, key: str) -> tuple[Replay, str | None]:
+    """Check the caller may see ``key``; return how to replay it and the owner filter."""
+    engine = state.engine
+    kind, _, ident = key.partition(":")
+    scope = principal.scope
+    if kind == "execution":
+        await engine.get_execution(ident, owner=scope)
+        return (
+            lambda after, n: engine.execution_events(ident, owner=scope, after_id=after, limit=n),
+            None,
+        )
+    if kind == "job":
+        await engine.get_job(ident, owner=scope)
+        return (
+            lambda after, n: engine.job_events(ident, owner=scope, after_id=after, limit=n),
+            None,
+        )
+    if kind == "queue" and ident:
+        await engine.queue_stats(ident)
+        return (
+            lambda after, n: engine.queue_events(ident, owner=scope, after_id=after, limit=n),
+            scope,
+        )
+    raise InvalidInputError("subscribe to execution:<id>, job:<id> or queue:<name>")
+
+
+async def _pump(
+    state: ApiState,
+    key: str,
+    replay: Replay,
+    after: int,
+    principal: Principal,
+    owner_filter: str | None,
+    lifetime: float,
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+) -> None:
+    last = after
+    try:
+        async for event in follow(
+            state.hub,
+            key,
+            replay=replay,
+            after=after,
+            quota_owner=principal.id,
+            owner_filter=owner_filter,
+            lifetime_s=lifetime,
+        ):
+            last = event.id
+            await send({"subscription": key, **event_json(event)})
+        await send({"type": "ended", "subscription": key, "last_event_id": last})
+    except ConveyorError as exc:
+        await send({"error": {"status": 429, "subscription": key, "detail": exc.message}})

@@ -1,0 +1,1 @@
+"""Live events: the in-process hub, SSE and WebSocket framing."""
