@@ -15,7 +15,9 @@ message and a non-zero exit code.
     ├── NotFoundError                no such resource, or not the caller's (404)
     ├── ConflictError                the resource is in the wrong state (409)
     │   ├── InvalidTransitionError   a state change the transition table forbids
-    │   └── DependenciesNotMetError  manual run of a step whose dependencies are not done
+    │   ├── DependenciesNotMetError  manual run of a step whose dependencies are not done
+    │   ├── PreconditionFailedError  an If-Match naming a version that is no longer current
+    │   └── PreconditionRequiredError an update that must name the version it changes
     ├── GoneError                    the thing expired (410)
     ├── AuthenticationError          missing or bad credentials (401)
     ├── PermissionDeniedError        authenticated, but the role does not allow it (403)
@@ -26,6 +28,7 @@ message and a non-zero exit code.
     ├── ConfigurationError           settings that cannot work; refuse to start
     ├── TaskFailure                  raised by task code to steer retries
     │   └── NonRetryableError        fail now, do not retry
+    │       └── BudgetExceededError  an LLM call would exceed the execution's budget
     └── JobCancelled                 raised inside task code once its job was cancelled
 """
 
@@ -91,6 +94,20 @@ class DependenciesNotMetError(ConflictError):
     title = "Dependencies not completed"
 
 
+class PreconditionFailedError(ConflictError):
+    """The resource changed since the version the caller named (HTTP 412)."""
+
+    code = "precondition_failed"
+    title = "Precondition failed"
+
+
+class PreconditionRequiredError(ConflictError):
+    """An optimistic update without If-Match (HTTP 428)."""
+
+    code = "precondition_required"
+    title = "Precondition required"
+
+
 class GoneError(ConveyorError):
     code = "gone"
     title = "Gone"
@@ -149,6 +166,13 @@ class NonRetryableError(TaskFailure):
 
     code = "non_retryable"
     title = "Task failed (not retryable)"
+
+
+class BudgetExceededError(NonRetryableError):
+    """An LLM call was refused: it would take the execution past its ``budget_usd``."""
+
+    code = "budget_exceeded"
+    title = "Budget exceeded"
 
 
 class JobCancelled(ConveyorError):

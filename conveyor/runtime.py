@@ -8,6 +8,7 @@ import fcntl
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from conveyor.app import Conveyor
 from conveyor.engine.core import Engine, EngineSettings
@@ -53,6 +54,7 @@ class Runtime:
         self.settings = settings or Settings()
         self._db: Database | None = None
         self._engine: Engine | None = None
+        self._services: Any = None
 
     async def open(self, *, upgrade: bool = True) -> Engine:
         url = self.settings.database_url
@@ -107,7 +109,17 @@ class Runtime:
                 worker_id=worker_id,
             ),
             open_db=partial(self._open_db),
+            services=self.services,
         )
+
+    @property
+    def services(self) -> Any:
+        """What task code gets beyond the engine: ``ctx.llm`` providers."""
+        if self._services is None:
+            from conveyor.llm.service import LLMService
+
+            self._services = LLMService(self.settings)
+        return self._services
 
     async def close(self) -> None:
         if self._db is not None:

@@ -61,6 +61,24 @@ class Settings(BaseSettings):
     max_streams_per_user: int = Field(default=100, ge=1, le=100_000)
     events_poll_s: float = Field(default=1.0, gt=0, le=60)
 
+    # -- LLM calls from steps (ctx.llm) ------------------------------------------------------
+    llm_provider: Literal["auto", "fake", "openai", "anthropic"] = Field(
+        default="auto",
+        description="auto: openai if OPENAI_API_KEY or an OpenAI base URL is set, else "
+        "anthropic if ANTHROPIC_API_KEY is set, else the offline fake provider",
+    )
+    llm_model: str | None = None
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str | None = None
+    llm_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    llm_prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="price overrides per model, USD per million tokens: "
+        '{"my-model": {"input_per_mtok": 0.2, "output_per_mtok": 0.6}}',
+    )
+
     @model_validator(mode="after")
     def _leases_can_be_renewed(self) -> Settings:
         # the heartbeat is what keeps a lease: it must beat several times per lease

@@ -16,9 +16,7 @@ def register(app: Conveyor) -> None:
         return list(range(1, count + 1))
 
     @app.task
-    async def square_chunk(
-        ctx: Context, fetch: list[int], index: int, chunks: int = CHUNKS
-    ) -> int:
+    async def square_chunk(ctx: Context, fetch: list[int], index: int, chunks: int = CHUNKS) -> int:
         """Sum of squares of every ``chunks``-th number from ``index`` (``fetch`` is the
         output of the step named fetch)."""
         part = fetch[index::chunks]

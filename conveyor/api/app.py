@@ -18,7 +18,7 @@ from conveyor.api import errors
 from conveyor.api.errors import PROBLEM_JSON, Problem, problem
 from conveyor.api.metrics import CONTENT_TYPE, Metrics
 from conveyor.api.middleware import AccessLog, BodyLimit, SecurityHeaders
-from conveyor.api.routers import auth, executions, jobs, system
+from conveyor.api.routers import auth, documents, executions, jobs, system
 from conveyor.api.routers import streams as streams_router
 from conveyor.api.routers.common import API_PREFIX
 from conveyor.api.state import ApiState
@@ -42,6 +42,9 @@ TAGS = [
     {"name": "clarifications", "description": "Questions steps asked a human."},
     {"name": "workers", "description": "Built-in and external workers."},
     {"name": "queues", "description": "Queue statistics and control."},
+    {"name": "documents", "description": "Versioned artifacts saved by steps."},
+    {"name": "telemetry", "description": "LLM usage and cost."},
+    {"name": "streams", "description": "Stream tickets and the WebSocket."},
     {"name": "health", "description": "Liveness, readiness and metrics."},
 ]
 
@@ -159,6 +162,8 @@ def create_app(
         executions.executions,
         executions.clarifications,
         streams_router.router,
+        documents.documents,
+        documents.telemetry,
         system.workers,
         system.queues,
         system.health,

@@ -20,6 +20,8 @@ from conveyor.errors import (
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
+    PreconditionFailedError,
+    PreconditionRequiredError,
     QuotaExceededError,
     ServiceUnavailableError,
 )
@@ -28,6 +30,8 @@ log = logging.getLogger("conveyor.api")
 PROBLEM_JSON = "application/problem+json"
 
 _STATUS: list[tuple[type[ConveyorError], int]] = [
+    (PreconditionFailedError, 412),
+    (PreconditionRequiredError, 428),
     (InvalidInputError, 422),
     (NotFoundError, 404),
     (ConflictError, 409),
@@ -51,6 +55,7 @@ _TITLES = {
     413: "Request body too large",
     415: "Unsupported media type",
     422: "Invalid request",
+    428: "Precondition required",
     429: "Too many requests",
     500: "Internal server error",
     503: "Service unavailable",

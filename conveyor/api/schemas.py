@@ -272,6 +272,7 @@ class ExecutionCreate(Request):
     mode: Literal["auto", "manual"] = "auto"
     failure_policy: Literal["fail_fast", "continue"] | None = None
     metadata: dict[str, Any] | None = None
+    budget_usd: Annotated[SFloat, Field(gt=0, le=1_000_000)] | None = None
 
     @model_validator(mode="after")
     def _workflow_or_steps(self) -> ExecutionCreate:
@@ -305,6 +306,7 @@ class ExecutionOut(BaseModel):
     scope_id: str | None
     parallelism: int | None
     progress: ProgressOut
+    budget_usd: float | None
     cost_usd: float | None
     owner: str
     metadata: dict[str, Any] | None
@@ -455,3 +457,129 @@ class HealthOut(BaseModel):
     healthy: bool
     components: dict[str, str]
     workers: WorkerHealth
+
+
+# -- documents and telemetry ----------------------------------------------------------------
+
+
+class DocumentOut(BaseModel):
+    id: str
+    type: str
+    title: str
+    scope_type: str
+    scope_id: str
+    version: int
+    content: Any = None
+    content_type: Literal["json", "text"]
+    owner: str
+    execution_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class DocumentSummary(BaseModel):
+    id: str
+    type: str
+    title: str
+    scope_type: str
+    scope_id: str
+    version: int
+    owner: str
+    execution_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class DocumentPage(BaseModel):
+    items: list[DocumentSummary]
+    next_cursor: str | None
+
+
+class VersionOut(BaseModel):
+    document_id: str
+    version: int
+    title: str
+    content: Any = None
+    content_type: Literal["json", "text"]
+    created_by: str
+    job_id: str | None
+    execution_id: str | None
+    step_id: str | None
+    created_at: datetime
+
+
+class VersionSummary(BaseModel):
+    version: int
+    title: str
+    content_type: Literal["json", "text"]
+    created_by: str
+    job_id: str | None
+    step_id: str | None
+    created_at: datetime
+
+
+class DocumentUpdate(Request):
+    content: Any
+    title: Annotated[str, Strict(), StringConstraints(min_length=1, max_length=500)] | None = None
+
+
+class UsageTotals(BaseModel):
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    cost_usd: float | None
+    avg_latency_ms: float | None
+    executions: int
+
+
+class WorkflowUsage(UsageTotals):
+    workflow: str | None
+
+
+class ModelUsage(UsageTotals):
+    provider: str
+    model: str
+
+
+class DayUsage(BaseModel):
+    day: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+
+
+class TelemetrySummary(UsageTotals):
+    from_: str | None = Field(alias="from")
+    to: str | None
+    avg_cost_per_call_usd: float | None
+    avg_cost_per_execution_usd: float | None
+    by_workflow: list[WorkflowUsage]
+    by_model: list[ModelUsage]
+    by_day: list[DayUsage]
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class StepUsage(UsageTotals):
+    step_id: str | None
+    provider: str
+    model: str
+
+
+class ExecutionCosts(UsageTotals):
+    execution_id: str
+    steps: list[StepUsage]
+
+
+class WorkflowStats(BaseModel):
+    workflow: str
+    runs: int
+    by_status: dict[str, int]
+    success_rate: float | None
+    duration_p50_s: float | None
+    duration_p95_s: float | None
+    cost_usd: float | None
+    avg_cost_per_run_usd: float | None
+    calls: int

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -19,10 +19,12 @@ from conveyor.domain.events import Event
 from conveyor.domain.questions import Question, check_questions
 from conveyor.domain.states import JobStatus
 from conveyor.engine import clarifications as clar_mod
+from conveyor.engine import documents as docs_mod
 from conveyor.engine import executions as exec_mod
 from conveyor.engine import jobs as jobs_mod
 from conveyor.engine import leases
 from conveyor.engine import queues as queues_mod
+from conveyor.engine import usage as usage_mod
 from conveyor.engine import workers as workers_mod
 from conveyor.engine.executions import ExecutionCoordinator, ExecutionFilters
 from conveyor.engine.jobs import CANCEL_CHANNEL, JOBS_CHANNEL, JobFilters, Limits
@@ -47,10 +49,11 @@ from conveyor.engine.models import (
     TaskCatalog,
     WorkerInfo,
 )
+from conveyor.engine.usage import UsageRecord
 from conveyor.engine.workers import WorkerRegistration
 from conveyor.errors import InvalidInputError, NotFoundError
 from conveyor.store.database import Database, Tx
-from conveyor.store.schema import events
+from conveyor.store.schema import events, executions
 
 Wakeup = Callable[[str], None]
 
@@ -435,3 +438,106 @@ class Engine:
 
     async def put_memo(self, job_id: str, token: str, key: str, value: Any) -> Any:
         return await self.db.write(lambda tx: clar_mod.put_memo_tx(tx, job_id, token, key, value))
+
+    # -- documents ---------------------------------------------------------------------------
+
+    async def save_document(
+        self,
+        job_id: str,
+        token: str,
+        seq: int,
+        type_: str,
+        title: str,
+        content: Any,
+        scope_type: str | None,
+        scope_id: str | None,
+    ) -> tuple[str, int]:
+        """A step's n-th save: create the document or add a version (once per save)."""
+        return await self.db.write(
+            lambda tx: docs_mod.save_from_step_tx(
+                tx, job_id, token, seq, type_, title, content, scope_type, scope_id
+            )
+        )
+
+    async def get_document(self, document_id: str, *, owner: str | None = None) -> Any:
+        return await self.db.read(lambda c: docs_mod.get_document(c, document_id, owner))
+
+    async def document_versions(self, document_id: str, *, owner: str | None = None) -> Any:
+        return await self.db.read(lambda c: docs_mod.list_versions(c, document_id, owner))
+
+    async def document_version(
+        self, document_id: str, version: int, *, owner: str | None = None
+    ) -> Any:
+        return await self.db.read(lambda c: docs_mod.get_version(c, document_id, version, owner))
+
+    async def list_documents(
+        self,
+        *,
+        owner: str | None = None,
+        scope_type: str | None = None,
+        scope_id: str | None = None,
+        type_: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> Page:
+        rows, next_cursor = await self.db.read(
+            lambda c: docs_mod.list_documents(
+                c,
+                owner,
+                scope_type=scope_type,
+                scope_id=scope_id,
+                type_=type_,
+                limit=limit,
+                cursor=cursor,
+            )
+        )
+        return Page(rows, next_cursor)
+
+    async def put_document(
+        self,
+        document_id: str,
+        *,
+        expected_version: int,
+        content: Any,
+        title: str | None = None,
+        owner: str | None = None,
+        actor: str,
+    ) -> Any:
+        """Add a version if the document is still at ``expected_version`` (else 412)."""
+        await self.db.write(
+            lambda tx: docs_mod.put_tx(
+                tx, document_id, expected_version, title, content, owner, actor
+            )
+        )
+        return await self.get_document(document_id, owner=owner)
+
+    # -- usage and telemetry -----------------------------------------------------------------
+
+    async def record_usage(self, record: UsageRecord) -> str:
+        return await self.db.write(lambda tx: usage_mod.record_tx(tx, record))
+
+    async def execution_spend(self, execution_id: str) -> float:
+        return await self.db.read(lambda c: usage_mod.spend(c, execution_id))
+
+    async def execution_budget(self, execution_id: str) -> float | None:
+        value = await self.db.read(
+            lambda c: c.execute(
+                select(executions.c.budget_usd).where(executions.c.id == execution_id)
+            ).scalar()
+        )
+        return None if value is None else float(value)
+
+    async def telemetry_summary(
+        self,
+        *,
+        owner: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> dict[str, Any]:
+        return await self.db.read(lambda c: usage_mod.summary(c, owner, start, end))
+
+    async def execution_costs(self, execution_id: str, *, owner: str | None = None) -> Any:
+        return await self.db.read(lambda c: usage_mod.execution_costs(c, execution_id, owner))
+
+    async def workflow_stats(self, name: str, *, owner: str | None = None) -> dict[str, Any]:
+        return await self.db.read(lambda c: usage_mod.workflow_stats(c, name, owner))

@@ -41,6 +41,7 @@ from conveyor.engine.models import (
     TaskDefaults,
 )
 from conveyor.engine.paging import check_limit, decode_cursor, encode_cursor
+from conveyor.engine.usage import costs_of
 from conveyor.errors import (
     ConflictError,
     DependenciesNotMetError,
@@ -132,6 +133,8 @@ def prepare_execution(
     if spec.metadata is not None and _json_size(spec.metadata) > limits.max_metadata_bytes:
         raise InvalidInputError(f"metadata is larger than {limits.max_metadata_bytes} bytes")
     priority = Priority.parse(spec.priority)
+    if spec.budget_usd is not None and not 0 < spec.budget_usd <= 1_000_000:
+        raise InvalidInputError("budget_usd must be > 0 and <= 1000000")
     row = {
         "id": new_id(),
         "workflow": workflow.name if workflow else None,
@@ -149,6 +152,7 @@ def prepare_execution(
         "idempotency_key": spec.idempotency_key,
         "request_hash": _request_hash(spec) if spec.idempotency_key else None,
         "metadata": spec.metadata,
+        "budget_usd": spec.budget_usd,
     }
     return PreparedExecution(row, graph, defaults)
 
@@ -164,6 +168,7 @@ def _request_hash(spec: ExecutionSpec) -> str:
         "mode": spec.mode,
         "failure_policy": spec.failure_policy,
         "metadata": spec.metadata,
+        "budget_usd": spec.budget_usd,
     }
     raw = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(raw.encode()).hexdigest()
@@ -431,7 +436,21 @@ def _fail_fast_tx(tx: Tx, ex: Any, failed: list[str]) -> None:
     reason = f"step {failed[0]!r} failed (fail-fast)"
     _stop_steps_tx(tx, ex, None, reason)
     error = {"type": "StepFailed", "message": reason, "failed_steps": failed}
+    error["reason"] = _failure_reason(tx, ex.id)
     _set_status_tx(tx, ex, _E.FAILED, error=error)
+
+
+def _failure_reason(tx: Tx, execution_id: str) -> str:
+    """``budget_exceeded`` when a step failed on the budget, else ``step_failed``."""
+    errors = tx.conn.execute(
+        select(jobs.c.error).where(
+            jobs.c.execution_id == execution_id, jobs.c.status == _J.FAILED.value
+        )
+    ).scalars()
+    for error in errors:
+        if isinstance(error, dict) and error.get("type") == "BudgetExceededError":
+            return "budget_exceeded"
+    return "step_failed"
 
 
 def _cancel_downstream_tx(tx: Tx, ex: Any, graph: Graph, stopped: list[str]) -> None:
@@ -475,6 +494,7 @@ def refresh_status_tx(tx: Tx, execution_id: str) -> None:
         error = {
             "type": "StepFailed" if failed else "StepCancelled",
             "message": f"{failed} step(s) failed" if failed else "steps were cancelled",
+            "reason": _failure_reason(tx, ex.id) if failed else "cancelled",
         }
         _set_status_tx(tx, ex, target, error=error)
     elif counts.get(_J.AWAITING_INPUT.value, 0):
@@ -718,7 +738,7 @@ def _progress_of(conn: Connection, ids: list[str]) -> dict[str, ExecutionProgres
     return {i: _progress(counts[i], moving[i]) for i in ids}
 
 
-def _execution(row: Any, progress: ExecutionProgress) -> Execution:
+def _execution(row: Any, progress: ExecutionProgress, cost: float | None) -> Execution:
     return Execution(
         id=row.id,
         workflow=row.workflow,
@@ -738,6 +758,8 @@ def _execution(row: Any, progress: ExecutionProgress) -> Execution:
         metadata=row.metadata,
         steps=row.steps,
         progress=progress,
+        budget_usd=row.budget_usd,
+        cost_usd=cost,
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
@@ -751,7 +773,7 @@ def get_execution(conn: Connection, execution_id: str, owner: str | None) -> Exe
     row = conn.execute(stmt).first()
     if row is None:
         raise NotFoundError(f"execution {execution_id!r} not found")
-    return _execution(row, _progress_of(conn, [row.id])[row.id])
+    return _execution(row, _progress_of(conn, [row.id])[row.id], costs_of(conn, [row.id])[row.id])
 
 
 @dataclass(frozen=True, slots=True)
@@ -797,8 +819,10 @@ def list_executions(
         stmt = stmt.where(executions.c.id < decode_cursor(cursor))
     rows = conn.execute(stmt.order_by(executions.c.id.desc()).limit(limit + 1)).all()
     page = rows[:limit]
-    progress = _progress_of(conn, [r.id for r in page])
-    items = [_execution(r, progress[r.id]) for r in page]
+    ids = [r.id for r in page]
+    progress = _progress_of(conn, ids)
+    costs = costs_of(conn, ids)
+    items = [_execution(r, progress[r.id], costs[r.id]) for r in page]
     return items, encode_cursor(items[-1].id) if len(rows) > limit else None
 
 

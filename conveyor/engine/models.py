@@ -254,6 +254,7 @@ class ExecutionSpec:
     failure_policy: str | None = None
     idempotency_key: str | None = None
     metadata: JsonObject | None = None
+    budget_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +288,8 @@ class Execution:
     metadata: JsonObject | None
     steps: list[JsonObject]
     progress: ExecutionProgress
+    budget_usd: float | None
+    cost_usd: float | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -50,4 +50,5 @@ def execution_spec(body: Json, idempotency_key: str | None) -> ExecutionSpec:
         failure_policy=body.get("failure_policy"),
         idempotency_key=idempotency_key,
         metadata=body.get("metadata"),
+        budget_usd=body.get("budget_usd"),
     )

@@ -171,6 +171,7 @@ executions = Table(
     Column("idempotency_key", String(200)),
     Column("request_hash", String(64)),
     Column("metadata", json_type()),
+    Column("budget_usd", Float),
     Column("created_at", UtcDateTime, nullable=False),
     Column("started_at", UtcDateTime),
     Column("finished_at", UtcDateTime),
@@ -256,4 +257,72 @@ stream_tickets = Table(
     Column("expires_at", UtcDateTime, nullable=False),
     Column("used_at", UtcDateTime),
     Column("created_at", UtcDateTime, nullable=False),
+)
+
+documents = Table(
+    "documents",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("owner", OWNER, nullable=False),
+    Column("type", String(100), nullable=False),
+    Column("title", String(500), nullable=False),
+    Column("scope_type", String(100), nullable=False),
+    Column("scope_id", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("execution_id", ID),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    # one document per owner, scope and type: saving again adds a version
+    Index("ux_documents_scope", "owner", "scope_type", "scope_id", "type", unique=True),
+    Index("ix_documents_owner_id", "owner", "id"),
+)
+
+document_versions = Table(
+    "document_versions",
+    metadata,
+    Column("document_id", ID, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("title", String(500), nullable=False),
+    Column("content", json_type()),
+    Column("content_type", String(10), nullable=False),
+    Column("created_by", OWNER, nullable=False),
+    Column("job_id", ID),
+    Column("execution_id", ID),
+    Column("step_id", String(100)),
+    # the n-th save of a job: a retried step finds its earlier version instead of adding one
+    Column("save_seq", Integer),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index(
+        "ux_document_versions_job_seq",
+        "job_id",
+        "save_seq",
+        unique=True,
+        sqlite_where=text("job_id IS NOT NULL"),
+        postgresql_where=text("job_id IS NOT NULL"),
+    ),
+)
+
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("owner", OWNER, nullable=False),
+    Column("provider", String(50), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("input_tokens", Integer, nullable=False),
+    Column("output_tokens", Integer, nullable=False),
+    Column("cached_tokens", Integer, nullable=False, server_default=text("0")),
+    # None when the model's price is unknown (the token counts allow recomputing later)
+    Column("cost_usd", Float),
+    Column("price_source", String(20)),
+    Column("latency_ms", Float, nullable=False),
+    Column("job_id", ID),
+    Column("execution_id", ID),
+    Column("step_id", String(100)),
+    Column("workflow", String(100)),
+    Column("attempt", Integer),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index("ix_usage_execution", "execution_id"),
+    Index("ix_usage_owner_created", "owner", "created_at"),
+    Index("ix_usage_created", "created_at"),
 )

@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import structlog
 from pydantic import TypeAdapter
 
 from conveyor.domain.questions import Question
 from conveyor.engine.models import ClaimedJob, Progress
-from conveyor.errors import InvalidInputError, JobCancelled
+from conveyor.errors import ConfigurationError, InvalidInputError, JobCancelled
 
 if TYPE_CHECKING:
     from conveyor.engine.core import Engine
+    from conveyor.llm.client import LLMClient
 
 T = TypeVar("T")
 _JSON: TypeAdapter[Any] = TypeAdapter(Any)
@@ -37,10 +38,14 @@ class Attempt:
         loop: asyncio.AbstractEventLoop,
         report: Any,
         engine: Engine,
+        services: Any = None,
     ) -> None:
         self.job = job
         self.loop = loop
         self.engine = engine
+        # what the process offers task code beyond the engine (``llm_for(ctx)``)
+        self.services = services
+        self.saves = 0
         self._report = report  # Callable[[Outcome], None], called on the loop
         self.stop_reason: str | None = None  # "cancel" | "fenced" | "shutdown"
         self.asked = 0
@@ -86,6 +91,45 @@ class Context:
         self.metadata: dict[str, Any] = dict(job.metadata or {})
         self.dependencies: dict[str, Any] = dict(job.dependencies)
         self._log: Any = None
+        self._llm: Any = None
+
+    @property
+    def llm(self) -> LLMClient:
+        """Model calls: ``await ctx.llm.complete("...")``; each call is priced, recorded
+        as usage and checked against the execution's budget."""
+        if self._llm is None:
+            services = self._attempt.services
+            if services is None:
+                raise ConfigurationError("this worker was built without LLM providers")
+            self._llm = services.llm_for(self)
+        return cast("LLMClient", self._llm)
+
+    async def save_document(
+        self,
+        type: str,
+        title: str,
+        content: Any,
+        *,
+        scope_type: str | None = None,
+        scope_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Create a document, or add a version to this scope's document of ``type``.
+
+        ``content`` is text or JSON. Without a scope, a step's documents belong to its
+        execution's scope. A retried step gets back the version its earlier attempt
+        saved instead of adding another. Returns ``{"id": ..., "version": ...}``.
+        """
+        attempt = self._attempt
+        seq = attempt.saves
+        attempt.saves += 1
+        job = attempt.job
+        normalised = (
+            content if isinstance(content, str) else _JSON.dump_python(content, mode="json")
+        )
+        document_id, version = await attempt.engine.save_document(
+            job.id, job.lease_token, seq, type, title, normalised, scope_type, scope_id
+        )
+        return {"id": document_id, "version": version}
 
     @property
     def log(self) -> Any:

@@ -107,8 +107,11 @@ class Worker:
         settings: WorkerSettings | None = None,
         *,
         open_db: Callable[[], Database] | None = None,
+        services: Any = None,
     ) -> None:
-        """``open_db`` opens the heartbeat thread's own connection (default: same URL)."""
+        """``open_db`` opens the heartbeat thread's own connection (default: same URL);
+        ``services`` offers task code more than the engine (``llm_for(ctx)``)."""
+        self.services = services
         self.engine = engine
         self.tasks = dict(tasks)
         self.settings = s = settings or WorkerSettings()
@@ -420,7 +423,7 @@ class Worker:
     # -- holding and running attempts --------------------------------------------------------
 
     def _hold(self, job: ClaimedJob, claimed_at: float) -> None:
-        attempt = Attempt(job, asyncio.get_running_loop(), self._report, self.engine)
+        attempt = Attempt(job, asyncio.get_running_loop(), self._report, self.engine, self.services)
         held = _Held(attempt, claimed_at + self.settings.lease_ttl_s - self._lease_margin_s)
         self._held[job.id] = held
         with self._leases_lock:

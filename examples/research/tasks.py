@@ -43,6 +43,7 @@ class Paper(BaseModel):
 class ScoutReport(BaseModel):
     papers: list[Paper]
     searched: int
+    summary: str
 
 
 class Report(BaseModel):
@@ -59,9 +60,7 @@ def words(text: str) -> list[str]:
 
 @cache
 def corpus() -> list[dict[str, object]]:
-    data: list[dict[str, object]] = json.loads(
-        (Path(__file__).parent / "corpus.json").read_text()
-    )
+    data: list[dict[str, object]] = json.loads((Path(__file__).parent / "corpus.json").read_text())
     return data
 
 
@@ -122,13 +121,22 @@ def register(app: Conveyor) -> None:
             if index % 5 == 4:
                 ctx.progress(100 * (index + 1) / len(papers), f"read {index + 1} abstracts")
         ranked.sort(key=lambda p: (-p.score, -p.year))
-        return ScoutReport(papers=ranked[:top_k], searched=len(papers))
+        best = ranked[:top_k]
+        summary = ""
+        if best:
+            # the expensive part: a retried step gets it back from its memo
+            summary = await ctx.memo(
+                "summary",
+                lambda: _summarise(ctx, refine_question, best),
+            )
+        return ScoutReport(papers=best, searched=len(papers), summary=summary)
 
     @app.task(retries=2, timeout=300)
     async def synthesis(
         ctx: Context, refine_question: RefinedQuestion, literature_scout: ScoutReport
     ) -> Report:
-        """Write the report from the most relevant papers."""
+        """Write the report from the most relevant papers and save it as a versioned
+        ``report`` document (a re-run of the research adds a version)."""
         papers = literature_scout.papers
         if not papers:
             summary = f"No paper in the corpus addresses '{refine_question.focus}'."
@@ -137,13 +145,39 @@ def register(app: Conveyor) -> None:
             summary = (
                 f"On '{refine_question.focus}', the most relevant work is '{lead.title}' "
                 f"({lead.year}). {len(papers)} papers of {literature_scout.searched} "
-                "were found relevant."
-            )
+                f"were found relevant. {literature_scout.summary}"
+            ).strip()
         findings = [f"{p.title} ({p.year}): {p.abstract.split('. ')[0]}." for p in papers]
-        return Report(
+        report = Report(
             title=f"Research brief: {refine_question.question}",
             audience=refine_question.audience,
             summary=summary,
             findings=findings,
             references=[f"[{p.id}] {p.title}, {p.year}" for p in papers],
         )
+        await ctx.save_document(
+            "report",
+            report.title,
+            _markdown(report),
+            scope_type="research-question",
+            scope_id=refine_question.question[:200],
+        )
+        ctx.progress(100, "report saved")
+        return report
+
+
+async def _summarise(ctx: Context, question: RefinedQuestion, papers: list[Paper]) -> str:
+    abstracts = "\n".join(f"{p.title}. {p.abstract}" for p in papers)
+    completion = await ctx.llm.complete(
+        f"Summarise what these papers say about {question.focus!r}, one line each:\n{abstracts}",
+        system="You are a careful research assistant. Be brief and factual.",
+        max_tokens=200,
+    )
+    return completion.text
+
+
+def _markdown(report: Report) -> str:
+    lines = [f"# {report.title}", "", f"*Audience: {report.audience}*", "", report.summary, ""]
+    lines += ["## Findings", ""] + [f"- {f}" for f in report.findings]
+    lines += ["", "## References", ""] + [f"- {r}" for r in report.references]
+    return "\n".join(lines) + "\n"
