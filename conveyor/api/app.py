@@ -11,13 +11,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.openapi.utils import get_openapi
 from sqlalchemy import text
 
 from conveyor.api import errors
-from conveyor.api.errors import PROBLEM_JSON, Problem, problem
+from conveyor.api.errors import problem
 from conveyor.api.metrics import CONTENT_TYPE, Metrics
 from conveyor.api.middleware import AccessLog, BodyLimit, SecurityHeaders
+from conveyor.api.openapi import build_openapi
 from conveyor.api.routers import auth, documents, executions, jobs, system
 from conveyor.api.routers import streams as streams_router
 from conveyor.api.routers.common import API_PREFIX
@@ -206,24 +206,9 @@ def create_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     def openapi() -> dict[str, Any]:
-        if api.openapi_schema:
-            return api.openapi_schema
-        schema = get_openapi(
-            title=api.title,
-            version=api.version,
-            description=api.description,
-            routes=api.routes,
-            tags=TAGS,
-        )
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components["Problem"] = Problem.model_json_schema(
-            ref_template="#/components/schemas/{model}"
-        )
-        for name, definition in components["Problem"].pop("$defs", {}).items():
-            components[name] = definition
-        _drop_fastapi_validation_errors(schema)
-        api.openapi_schema = schema
-        return schema
+        if not api.openapi_schema:
+            api.openapi_schema = build_openapi(api, conveyor_app, TAGS)
+        return api.openapi_schema
 
     api.openapi = openapi  # type: ignore[method-assign]
 
@@ -238,18 +223,3 @@ def create_app(
         )
     api.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return api
-
-
-def _drop_fastapi_validation_errors(schema: dict[str, Any]) -> None:
-    """FastAPI documents 422 as its own ``HTTPValidationError``; ours is problem+json."""
-    for path in schema.get("paths", {}).values():
-        for operation in path.values():
-            responses = operation.get("responses", {})
-            if "422" in responses:
-                responses["422"] = {
-                    "description": "Invalid request",
-                    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-                }
-    components = schema.get("components", {}).get("schemas", {})
-    components.pop("HTTPValidationError", None)
-    components.pop("ValidationError", None)

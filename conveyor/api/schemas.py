@@ -30,8 +30,21 @@ def _iso_string(value: Any) -> Any:
     return value
 
 
+def _integral(value: Any) -> Any:
+    # JSON Schema counts 3.0 as an integer; a bool is not one
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# integers in a range that take JSON integers only (3 or 3.0, never "3" or true)
+Attempts = Annotated[int, Field(strict=True, ge=1, le=100), BeforeValidator(_integral)]
+Slots = Annotated[int, Field(strict=True, ge=1, le=10_000), BeforeValidator(_integral)]
+Load = Annotated[int, Field(strict=True, ge=0, le=10_000), BeforeValidator(_integral)]
+Pid = Annotated[int, Field(strict=True, ge=0, le=2**31), BeforeValidator(_integral)]
+
+
 IsoDatetime = Annotated[AwareDatetime, BeforeValidator(_iso_string)]
-SInt = Annotated[int, Strict()]
 SFloat = Annotated[float, Strict()]
 SBool = Annotated[bool, Strict()]
 Name = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=200)]
@@ -114,14 +127,18 @@ class JobCreate(Request):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "example": {"task": "add", "input": {"a": 1, "b": 2}, "priority": "high"}
+            "example": {"task": "add", "input": {"a": 1, "b": 2}, "priority": "high"},
+            "not": {
+                "required": ["delay_s", "run_at"],
+                "properties": {"delay_s": {"type": "number"}, "run_at": {"type": "string"}},
+            },
         },
     )
     task: Name
     input: dict[str, Any] | None = None
     queue: QueueName | None = None
     priority: PriorityName | None = None
-    max_attempts: Annotated[SInt, Field(ge=1, le=100)] | None = None
+    max_attempts: Attempts | None = None
     backoff: BackoffIn | None = None
     delay_s: Annotated[SFloat, Field(ge=0, le=MAX_DELAY_S)] | None = None
     run_at: IsoDatetime | None = None
@@ -238,7 +255,9 @@ class WorkflowOut(BaseModel):
 class StepIn(Request):
     id: StepId
     task: Name
-    depends_on: Annotated[list[StepId], Field(max_length=2000)] = []
+    depends_on: Annotated[
+        list[StepId], Field(max_length=2000, json_schema_extra={"uniqueItems": True})
+    ] = []
     input: dict[str, Any] | None = None
 
 
@@ -255,7 +274,16 @@ class ExecutionCreate(Request):
                     ],
                     "parallelism": 2,
                 },
-            ]
+            ],
+            # exactly one of workflow and steps (a null one counts as absent)
+            "anyOf": [
+                {"required": ["workflow"], "properties": {"workflow": {"type": "string"}}},
+                {"required": ["steps"], "properties": {"steps": {"type": "array"}}},
+            ],
+            "not": {
+                "required": ["workflow", "steps"],
+                "properties": {"workflow": {"type": "string"}, "steps": {"type": "array"}},
+            },
         },
     )
     workflow: Name | None = None
@@ -268,7 +296,7 @@ class ExecutionCreate(Request):
         None
     )
     priority: PriorityName | None = None
-    parallelism: Annotated[SInt, Field(ge=1, le=10_000)] | None = None
+    parallelism: Slots | None = None
     mode: Literal["auto", "manual"] = "auto"
     failure_policy: Literal["fail_fast", "continue"] | None = None
     metadata: dict[str, Any] | None = None
@@ -380,15 +408,15 @@ class WorkerCreate(Request):
         Annotated[str, Strict(), StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] | None
     ) = None
     hostname: Annotated[str, Strict(), StringConstraints(min_length=1, max_length=255)]
-    pid: Annotated[SInt, Field(ge=0, le=2**31)] | None = None
+    pid: Pid | None = None
     queues: Annotated[list[QueueName], Field(max_length=100)] | None = None
     capabilities: Annotated[list[Name], Field(max_length=1000)] | None = None
-    max_concurrency: Annotated[SInt, Field(ge=1, le=10_000)]
+    max_concurrency: Slots
     metadata: dict[str, Any] | None = None
 
 
 class HeartbeatIn(Request):
-    current_load: Annotated[SInt, Field(ge=0, le=10_000)] | None = None
+    current_load: Load | None = None
 
 
 class WorkerOut(BaseModel):

@@ -218,7 +218,8 @@ def start_tx(tx: Tx, prepared: PreparedExecution) -> tuple[str, bool]:
             index_elements=["owner", "idempotency_key"],
             index_where=executions.c.idempotency_key.isnot(None),
         )
-    if tx.conn.execute(stmt).rowcount == 0:  # a concurrent twin committed first
+    inserted = tx.conn.execute(stmt.returning(executions.c.id)).first()
+    if inserted is None:  # a concurrent twin committed first
         twin = tx.conn.execute(
             select(executions.c.id).where(
                 executions.c.owner == row["owner"],

@@ -1,10 +1,7 @@
-"""Opaque list cursors. Lists are newest first by id: ids are UUIDv7, so id order is
-creation order, and a cursor is exact (no timestamp rounding between backends)."""
+"""List cursors. Lists are newest first by id: ids are UUIDv7, so id order is creation
+order, and the cursor (the last id of a page) is exact on every backend."""
 
 from __future__ import annotations
-
-import base64
-import binascii
 
 from conveyor.domain.ids import is_valid_id
 from conveyor.errors import InvalidInputError
@@ -19,16 +16,11 @@ def check_limit(limit: int) -> int:
 
 
 def encode_cursor(last_id: str) -> str:
-    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+    return last_id
 
 
 def decode_cursor(cursor: str) -> str:
-    """The id a cursor stands for; anything this server did not issue is a 422."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        value = base64.urlsafe_b64decode(padded.encode()).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        value = ""
-    if not is_valid_id(value):
+    """The id a cursor stands for; anything that is not an id is a 422."""
+    if not is_valid_id(cursor):
         raise InvalidInputError("cursor is not one this server issued")
-    return value
+    return cursor

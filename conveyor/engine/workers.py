@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, select, update
 
 from conveyor.engine.models import WorkerInfo
-from conveyor.errors import InvalidInputError, NotFoundError
+from conveyor.errors import ConflictError, InvalidInputError, NotFoundError
 from conveyor.store.database import Tx
 from conveyor.store.schema import workers
 from conveyor.store.sql import db_now, dialect_insert
@@ -59,12 +59,18 @@ def register_tx(tx: Tx, reg: WorkerRegistration) -> None:
         **values, started_at=db_now(), last_heartbeat=db_now()
     )
     updated = {k: v for k, v in values.items() if k != "id"}
-    tx.conn.execute(
+    # re-registering refreshes one's own worker; someone else's id is not taken over
+    same_owner = workers.c.owner.is_(None) if reg.owner is None else workers.c.owner == reg.owner
+    # RETURNING, not rowcount: drivers do not report rowcount for INSERT reliably
+    written = tx.conn.execute(
         stmt.on_conflict_do_update(
             index_elements=["id"],
             set_={**updated, "started_at": db_now(), "last_heartbeat": db_now()},
-        )
-    )
+            where=same_owner,
+        ).returning(workers.c.id)
+    ).first()
+    if written is None:
+        raise ConflictError(f"worker id {reg.id!r} is registered by someone else")
 
 
 def heartbeat_tx(tx: Tx, worker_id: str, load: int | None, owner: str | None) -> None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create
 
 from conveyor.engine.models import TaskDefaults
 from conveyor.errors import InvalidInputError, WorkflowDefinitionError
+from conveyor.store.types import dumps as _dumps
 
 
 class _Strict(BaseModel):
@@ -118,7 +119,9 @@ class TaskDefinition:
             extra = {k: v for k, v in merged.items() if k not in self.params}
             merged = known
         try:
-            model = self.input_model.model_validate(merged)
+            # JSON types only ("3" is not an int), checked in JSON mode so that ISO
+            # strings still become datetimes, UUIDs and such
+            model = self.input_model.model_validate_json(_dumps(merged), strict=True)
         except ValidationError as exc:
             raise InvalidInputError(
                 f"invalid input for task {self.name!r}", details=validation_details(exc)

@@ -57,3 +57,43 @@ app.add_workflow(
 )
 app.add_workflow(Workflow("greeting", [Step("ask", "ask_name"), Step("after", "echo", ["ask"])]))
 app.add_workflow(Workflow("waiting", [Step("wait", "sleepy"), Step("then", "echo", ["wait"])]))
+
+
+# -- live streams (tests/streams) ---------------------------------------------------------------
+
+
+@app.task(retries=0)
+async def ticker(
+    ctx: Context, count: int = 20, interval: float = 0.05, size: int = 0, burst: int = 1
+) -> int:
+    """Reports ``count`` progress events whose messages are ``"0"``, ``"1"``, ... (padded
+    with dots to ``size`` characters), ``burst`` of them every ``interval`` seconds."""
+    for i in range(count):
+        ctx.progress(100 * (i + 1) / count, str(i).ljust(size, "."))
+        if (i + 1) % burst == 0 and interval > 0:
+            await asyncio.sleep(interval)
+    return count
+
+
+app.add_workflow(Workflow("doomed", [Step("explode", "boom")], description="Always fails."))
+app.add_workflow(
+    Workflow(
+        "ticking",
+        [
+            Step("one", "ticker", input={"count": 8, "interval": 0.02}),
+            Step("two", "ticker", ["one"], input={"count": 8, "interval": 0.02}),
+        ],
+        description="Two steps reporting progress, one after the other.",
+    )
+)
+
+
+@app.task(retries=0)
+async def write_report(ctx: Context, topic: str = "queues") -> dict[str, object]:
+    """Calls the (fake) LLM and saves a versioned document: usage and documents routes."""
+    completion = await ctx.llm.complete(f"Write one line about {topic}. It should be short.")
+    saved = await ctx.save_document("report", f"About {topic}", completion.text)
+    return {"document": saved, "cost_usd": completion.cost_usd}
+
+
+app.add_workflow(Workflow("writer", [Step("write", "write_report")]))

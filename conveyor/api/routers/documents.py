@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Path, Query, Response
 
 from conveyor.api.deps import Caller, EngineDep, Submitter
 from conveyor.api.errors import problem_responses
-from conveyor.api.routers.common import Cursor, Limit
+from conveyor.api.routers.common import Cursor, Limit, Timestamp
 from conveyor.api.schemas import (
     DocumentOut,
     DocumentPage,
@@ -21,7 +21,6 @@ from conveyor.api.schemas import (
     WorkflowStats,
 )
 from conveyor.engine.documents import Document, DocumentVersion
-from conveyor.errors import InvalidInputError, PreconditionRequiredError
 
 documents = APIRouter(prefix="/documents", tags=["documents"])
 telemetry = APIRouter(prefix="/telemetry", tags=["telemetry"])
@@ -138,7 +137,7 @@ async def document_version(
 @documents.put(
     "/{document_id}",
     response_model=DocumentOut,
-    responses=problem_responses(401, 403, 404, 412, 422, 428),
+    responses=problem_responses(401, 403, 404, 412, 422),
     summary="Save a new version, if the document is still at the version in If-Match",
     description='Send `If-Match: "<version>"` (the ETag of GET). A stale version is a 412 '
     "and nothing is overwritten; fetch the document again and re-apply the change.",
@@ -149,14 +148,16 @@ async def put_document(
     response: Response,
     caller: Submitter,
     engine: EngineDep,
-    if_match: Annotated[str | None, Header(alias="If-Match", max_length=40)] = None,
+    if_match: Annotated[
+        str,
+        Header(
+            alias="If-Match",
+            pattern=r'^(W/)?"?[0-9]{1,9}"?$',
+            description='The version being changed, as in the ETag: "3"',
+        ),
+    ],
 ) -> dict[str, Any]:
-    if if_match is None:
-        raise PreconditionRequiredError("send If-Match with the document's version (its ETag)")
-    try:
-        expected = int(if_match.strip().removeprefix("W/").strip('"'))
-    except ValueError:
-        raise InvalidInputError('If-Match must be a version, like "3"') from None
+    expected = int(if_match.removeprefix("W/").strip('"'))
     doc = await engine.put_document(
         document_id,
         expected_version=expected,
@@ -173,8 +174,8 @@ async def put_document(
 async def summary(
     caller: Caller,
     engine: EngineDep,
-    start: Annotated[datetime | None, Query(alias="from")] = None,
-    end: Annotated[datetime | None, Query(alias="to")] = None,
+    start: Annotated[Timestamp, Query(alias="from")] = None,
+    end: Annotated[Timestamp, Query(alias="to")] = None,
 ) -> dict[str, Any]:
     """LLM usage in a time window: totals, averages, by workflow, model and day."""
     return await engine.telemetry_summary(owner=caller.scope, start=start, end=end)

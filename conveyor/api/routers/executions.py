@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -17,6 +16,7 @@ from conveyor.api.routers.common import (
     LastEventId,
     Limit,
     StreamTicket,
+    Timestamp,
 )
 from conveyor.api.schemas import (
     AnswerIn,
@@ -121,8 +121,8 @@ async def list_executions(
     workflow: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
     scope_type: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
     scope_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: Timestamp = None,
+    created_before: Timestamp = None,
     limit: Limit = 20,
     cursor: Cursor = None,
 ) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -24,6 +23,7 @@ from conveyor.api.routers.common import (
     LastEventId,
     Limit,
     StreamTicket,
+    Timestamp,
 )
 from conveyor.api.schemas import EventPage, JobCreate, JobOut, JobPage, JobStatusName
 from conveyor.api.streams import SSE_MEDIA, sse_response, stream_caller, wants_sse
@@ -76,8 +76,8 @@ async def list_jobs(
     status: Annotated[JobStatusName | None, Query()] = None,
     task: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     queue: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: Timestamp = None,
+    created_before: Timestamp = None,
     limit: Limit = 20,
     cursor: Cursor = None,
 ) -> dict[str, Any]:

@@ -34,7 +34,7 @@ health = APIRouter(tags=["health"])
     "",
     status_code=201,
     response_model=WorkerOut,
-    responses=problem_responses(401, 403, 422, 503),
+    responses=problem_responses(401, 403, 409, 422, 503),
     summary="Register an external worker",
 )
 async def register_worker(
