@@ -23,6 +23,7 @@ from conveyor.cli.common import (
 )
 from conveyor.cli.ops import LocalOps, Ops, RemoteOps
 from conveyor.cli.render import (
+    costs_table,
     executions_table,
     jobs_table,
     queues_table,
@@ -534,6 +535,27 @@ def clarifications_list(
         console.print(f"[bold]{item['execution_id']}[/] step {item['step_id']} ({item['status']})")
         for question in item["questions"]:
             console.print(f"  {question['id']}: {question['text']}")
+
+
+@app.command("costs")
+def costs(
+    start: Annotated[str | None, typer.Option("--from", help="ISO date or date-time.")] = None,
+    end: Annotated[
+        str | None, typer.Option("--to", help="ISO date or date-time (excluded).")
+    ] = None,
+    by: Annotated[str, typer.Option(help="workflow, model or day.")] = "workflow",
+    database_url: DatabaseOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """LLM usage and cost, totalled and broken down by workflow, model or day."""
+    if by not in ("workflow", "model", "day"):
+        fail("--by must be workflow, model or day", 2)
+    settings = settings_from(database_url)
+    summary = _ops(settings, None, lambda ops: ops.usage_summary(start, end))
+    if as_json:
+        print_json(summary)
+        return
+    console.print(costs_table(summary, by))
 
 
 # -- db ----------------------------------------------------------------------------------

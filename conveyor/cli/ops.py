@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from conveyor.client.aio import AsyncClient
@@ -56,6 +57,7 @@ class Ops(Protocol):
     async def answer(self, execution_id: str, step_id: str, answers: Json) -> Json: ...
     async def list_clarifications(self, status: str | None) -> list[Json]: ...
     def follow(self, kind: str, ident: str, after: int) -> AsyncIterator[Json]: ...
+    async def usage_summary(self, start: str | None, end: str | None) -> Json: ...
 
 
 POLL_S = 0.2
@@ -169,6 +171,11 @@ class LocalOps:
     async def list_clarifications(self, status: str | None) -> list[Json]:
         found = await self.engine.list_clarifications(owner=self._scope, status=status)
         return [clarification_json(c) for c in found]
+
+    async def usage_summary(self, start: str | None, end: str | None) -> Json:
+        return await self.engine.telemetry_summary(
+            owner=self._scope, start=_timestamp(start), end=_timestamp(end)
+        )
 
     async def follow(self, kind: str, ident: str, after: int) -> AsyncIterator[Json]:
         """Events after ``after`` until the terminal one, read from the table (by id, so
@@ -296,3 +303,17 @@ class RemoteOps:
 
     def follow(self, kind: str, ident: str, after: int) -> AsyncIterator[Json]:
         return self.client.follow(kind, ident, after=after)
+
+    async def usage_summary(self, start: str | None, end: str | None) -> Json:
+        result: Json = await self.client.usage(start=start, end=end)
+        return result
+
+
+def _timestamp(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInputError(f"{value!r} is not an ISO 8601 date or date-time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -148,3 +148,40 @@ def workflows_table(items: list[dict[str, Any]]) -> Table:
             (wf["description"] or "").strip().split("\n")[0][:60],
         )
     return table
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.6f}"
+
+
+def costs_table(summary: dict[str, Any], by: str) -> Table:
+    """Usage rows for ``by`` (workflow, model or day) and a total line."""
+    window = f"{summary.get('from') or 'start'} .. {summary.get('to') or 'now'}"
+    table = Table(title=f"LLM usage by {by} ({window})")
+    first = {"workflow": "workflow", "model": "model", "day": "day"}[by]
+    for column in (first, "calls", "input tokens", "output tokens", "cost"):
+        table.add_column(column, justify="left" if column == first else "right")
+    rows = summary[{"workflow": "by_workflow", "model": "by_model", "day": "by_day"}[by]]
+    for row in rows:
+        label = {
+            "workflow": row.get("workflow") or "(standalone jobs)",
+            "model": f"{row.get('provider')}/{row.get('model')}",
+            "day": row.get("day"),
+        }[by]
+        table.add_row(
+            str(label),
+            str(row["calls"]),
+            f"{row['input_tokens']:,}",
+            f"{row['output_tokens']:,}",
+            _money(row["cost_usd"]),
+        )
+    table.add_section()
+    table.add_row(
+        "total",
+        str(summary["calls"]),
+        f"{summary['input_tokens']:,}",
+        f"{summary['output_tokens']:,}",
+        _money(summary["cost_usd"]),
+        style="bold",
+    )
+    return table

@@ -16,6 +16,7 @@ from conveyor.errors import (
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
+    PreconditionFailedError,
     QuotaExceededError,
     ServiceUnavailableError,
 )
@@ -156,11 +157,24 @@ def list_workers() -> Call:
     return Call("GET", f"{PREFIX}/workers")
 
 
+def usage_summary(start: str | None, end: str | None) -> Call:
+    return Call("GET", f"{PREFIX}/telemetry/summary", params=_params(**{"from": start, "to": end}))
+
+
+def get_document(document_id: str) -> Call:
+    return Call("GET", f"{PREFIX}/documents/{document_id}")
+
+
+def list_documents(filters: Json, limit: int, cursor: str | None) -> Call:
+    return Call("GET", f"{PREFIX}/documents", params=_params(**filters, limit=limit, cursor=cursor))
+
+
 _BY_STATUS: dict[int, type[ConveyorError]] = {
     401: AuthenticationError,
     403: PermissionDeniedError,
     404: NotFoundError,
     409: ConflictError,
+    412: PreconditionFailedError,
     410: GoneError,
     413: InvalidInputError,
     422: InvalidInputError,

@@ -115,3 +115,14 @@ class Methods(Generic[R]):
 
     def workers(self) -> R:
         return self._send(calls.list_workers())
+
+    def usage(self, *, start: str | None = None, end: str | None = None) -> R:
+        """LLM usage and cost in [start, end): totals and by workflow, model and day."""
+        return self._send(calls.usage_summary(start, end))
+
+    def document(self, document_id: str) -> R:
+        return self._send(calls.get_document(document_id))
+
+    def documents(self, *, limit: int = 20, cursor: str | None = None, **filters: Any) -> R:
+        """Documents, newest first; filters: scope_type, scope_id, type."""
+        return self._send(calls.list_documents(filters, limit, cursor))
