@@ -18,13 +18,14 @@ from typing import Any
 
 from fastapi import Request, WebSocket, WebSocketDisconnect
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
 
 from conveyor.api.state import ApiState
 from conveyor.auth.principal import Principal
 from conveyor.domain.events import Event
 from conveyor.engine.views import event_json
 from conveyor.errors import AuthenticationError, ConveyorError, InvalidInputError
-from conveyor.events.stream import follow
+from conveyor.events.stream import Finished, follow, open_subscription
 
 SSE_MEDIA = "text/event-stream"
 RETRY_MS = 2000
@@ -74,17 +75,25 @@ def last_event_id(request: Request, query_value: int | None) -> int:
 
 
 def sse_response(
-    state: ApiState, key: str, caller: StreamCaller, replay: Replay, after: int
+    state: ApiState,
+    key: str,
+    caller: StreamCaller,
+    replay: Replay,
+    after: int,
+    finished: Finished | None = None,
 ) -> EventSourceResponse:
+    subscription = open_subscription(state.hub, key, quota_owner=caller.owner_id)
+
     async def frames() -> AsyncIterator[ServerSentEvent]:
         yield ServerSentEvent(comment="conveyor event stream", retry=RETRY_MS)
         async for event in follow(
             state.hub,
             key,
+            subscription,
             replay=replay,
             after=after,
-            quota_owner=caller.owner_id,
             lifetime_s=caller.lifetime_s,
+            finished=finished,
         ):
             yield ServerSentEvent(
                 data=json.dumps(event_json(event), separators=(",", ":")),
@@ -97,6 +106,8 @@ def sse_response(
         ping=15,
         send_timeout=state.settings.stream_send_timeout_s,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        # if the client goes away before the stream starts, free the subscription
+        background=BackgroundTask(state.hub.unsubscribe, subscription),
     )
 
 
@@ -221,14 +232,11 @@ async def _pump(
 ) -> None:
     last = after
     try:
+        subscription = open_subscription(
+            state.hub, key, quota_owner=principal.id, owner_filter=owner_filter
+        )
         async for event in follow(
-            state.hub,
-            key,
-            replay=replay,
-            after=after,
-            quota_owner=principal.id,
-            owner_filter=owner_filter,
-            lifetime_s=lifetime,
+            state.hub, key, subscription, replay=replay, after=after, lifetime_s=lifetime
         ):
             last = event.id
             await send({"subscription": key, **event_json(event)})

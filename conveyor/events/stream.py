@@ -7,9 +7,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from conveyor.domain.events import TERMINAL_EXECUTION_EVENTS, TERMINAL_JOB_EVENTS, Event
-from conveyor.events.hub import EventHub
+from conveyor.events.hub import EventHub, Subscription
 
 Replay = Callable[[int, int], Awaitable[list[Event]]]
+Finished = Callable[[], Awaitable[bool]]
 REPLAY_PAGE = 500
 
 
@@ -23,24 +24,31 @@ def terminal_for(key: str) -> Callable[[Event], bool]:
     return lambda e: False
 
 
+def open_subscription(
+    hub: EventHub, key: str, *, quota_owner: str, owner_filter: str | None = None
+) -> Subscription:
+    """Subscribe before answering (a quota refusal is then a 429, not a broken stream)."""
+    return hub.subscribe([key], owner=owner_filter, quota_owner=quota_owner)
+
+
 async def follow(
     hub: EventHub,
     key: str,
+    subscription: Subscription,
     *,
     replay: Replay,
     after: int,
-    quota_owner: str,
-    owner_filter: str | None = None,
     lifetime_s: float,
+    finished: Finished | None = None,
 ) -> AsyncIterator[Event]:
     """Every event of ``key`` with an id above ``after``, then live ones, until the
     terminal event, the stream's lifetime ends, or the consumer falls too far behind.
 
-    The subscription starts before the history is read, and ids already sent are
-    skipped, so nothing committed meanwhile is missed or sent twice.
+    The subscription was opened before the history is read, and ids already sent are
+    skipped, so nothing committed meanwhile is missed or sent twice. A client resuming
+    after the terminal event (``finished`` says so) gets the rest and the stream ends.
     """
     is_terminal = terminal_for(key)
-    subscription = hub.subscribe([key], owner=owner_filter, quota_owner=quota_owner)
     deadline = time.monotonic() + lifetime_s
     sent = after
     try:
@@ -53,6 +61,14 @@ async def follow(
                     return
             if len(page) < REPLAY_PAGE:
                 break
+        if finished is not None and await finished():
+            # over before the resume point: only what is already queued may be newer
+            while not subscription.queue.empty():
+                late = subscription.queue.get_nowait()
+                if late.id > sent:
+                    sent = late.id
+                    yield late
+            return
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -34,6 +34,8 @@ from conveyor.api.schemas import (
 )
 from conveyor.api.streams import SSE_MEDIA, sse_response, stream_caller, wants_sse
 from conveyor.api.streams import last_event_id as resume_from
+from conveyor.domain.states import TERMINAL_EXECUTION_STATES
+from conveyor.engine.core import Engine
 from conveyor.engine.executions import ExecutionFilters
 from conveyor.engine.requests import execution_spec
 from conveyor.engine.views import (
@@ -269,6 +271,7 @@ async def execution_events(
                 execution_id, owner=caller.scope, after_id=since, limit=n
             ),
             resume_from(request, last_event_id) or after,
+            finished=lambda: _execution_finished(engine, execution_id),
         )
     principal_ = await principal(request, credentials)
     found = await engine.execution_events(
@@ -293,3 +296,8 @@ async def list_clarifications(
     """The caller's questions across executions (pending ones by default)."""
     found = await engine.list_clarifications(owner=caller.scope, status=status, limit=limit)
     return {"items": [clarification_json(c) for c in found], "next_cursor": None}
+
+
+async def _execution_finished(engine: Engine, execution_id: str) -> bool:
+    status = (await engine.get_execution(execution_id)).status
+    return status in {s.value for s in TERMINAL_EXECUTION_STATES}

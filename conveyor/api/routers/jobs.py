@@ -28,6 +28,8 @@ from conveyor.api.routers.common import (
 from conveyor.api.schemas import EventPage, JobCreate, JobOut, JobPage, JobStatusName
 from conveyor.api.streams import SSE_MEDIA, sse_response, stream_caller, wants_sse
 from conveyor.api.streams import last_event_id as resume_from
+from conveyor.domain.states import TERMINAL_JOB_STATES
+from conveyor.engine.core import Engine
 from conveyor.engine.jobs import JobFilters
 from conveyor.engine.requests import job_spec
 from conveyor.engine.views import event_json, job_json
@@ -163,6 +165,7 @@ async def job_events(
             caller,
             lambda since, n: engine.job_events(job_id, owner=caller.scope, after_id=since, limit=n),
             resume_from(request, last_event_id) or after,
+            finished=lambda: _job_finished(engine, job_id),
         )
     principal_ = await principal(request, credentials)
     found = await engine.job_events(job_id, owner=principal_.scope, after_id=after, limit=limit + 1)
@@ -171,3 +174,7 @@ async def job_events(
         "items": items,
         "next_cursor": str(items[-1]["id"]) if len(found) > limit else None,
     }
+
+
+async def _job_finished(engine: Engine, job_id: str) -> bool:
+    return (await engine.get_job(job_id)).status in TERMINAL_JOB_STATES
