@@ -12,6 +12,7 @@ from typing import Any
 
 from conveyor.app import Conveyor
 from conveyor.engine.core import Engine, EngineSettings
+from conveyor.engine.jobs import Limits
 from conveyor.settings import Settings
 from conveyor.store import migrate
 from conveyor.store.database import Database
@@ -68,6 +69,7 @@ class Runtime:
             settings=EngineSettings(
                 lease_ttl_s=self.settings.lease_ttl_s,
                 worker_heartbeat_timeout_s=self.settings.worker_heartbeat_timeout_s,
+                limits=Limits(max_waiting_per_owner=self.settings.max_waiting_jobs_per_user),
             ),
         )
         return self._engine

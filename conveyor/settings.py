@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     stream_send_timeout_s: float = Field(default=30.0, gt=0, le=600)
     stream_buffer_events: int = Field(default=1000, ge=10, le=1_000_000)
     max_streams_per_user: int = Field(default=100, ge=1, le=100_000)
+    max_waiting_jobs_per_user: int | None = Field(
+        default=1_000_000, ge=1, description="queued or pending jobs one user may have"
+    )
     events_poll_s: float = Field(default=1.0, gt=0, le=60)
 
     # -- LLM calls from steps (ctx.llm) ------------------------------------------------------

@@ -43,6 +43,7 @@ class StreamCaller:
     owner_id: str
     scope: str | None  # owner filter for reads (None: an admin)
     lifetime_s: float
+    token: str | None = None  # re-checked while the stream lasts
 
 
 async def stream_caller(request: Request, key: str, ticket: str | None) -> StreamCaller:
@@ -53,7 +54,9 @@ async def stream_caller(request: Request, key: str, ticket: str | None) -> Strea
         token = header[7:].strip()
         principal = await state.accounts.principal(token)
         expires_at = state.accounts.tokens.verify(token).expires_at
-        return StreamCaller(principal.id, principal.scope, min(cap, expires_at - time.time()))
+        return StreamCaller(
+            principal.id, principal.scope, min(cap, expires_at - time.time()), token
+        )
     if ticket:
         owner = await state.tickets.redeem(ticket, key)
         return StreamCaller(owner, owner, cap)
@@ -84,6 +87,15 @@ def sse_response(
 ) -> EventSourceResponse:
     subscription = open_subscription(state.hub, key, quota_owner=caller.owner_id)
 
+    async def still_allowed() -> bool:
+        if caller.token is None:
+            return True
+        try:
+            await state.accounts.principal(caller.token)
+        except ConveyorError:
+            return False  # disabled or deleted meanwhile: the stream ends
+        return True
+
     async def frames() -> AsyncIterator[ServerSentEvent]:
         yield ServerSentEvent(comment="conveyor event stream", retry=RETRY_MS)
         async for event in follow(
@@ -94,6 +106,7 @@ def sse_response(
             after=after,
             lifetime_s=caller.lifetime_s,
             finished=finished,
+            still_allowed=still_allowed,
         ):
             yield ServerSentEvent(
                 data=json.dumps(event_json(event), separators=(",", ":")),

@@ -8,6 +8,7 @@ workers all go through it.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -51,7 +52,7 @@ from conveyor.engine.models import (
 )
 from conveyor.engine.usage import UsageRecord
 from conveyor.engine.workers import WorkerRegistration
-from conveyor.errors import InvalidInputError, NotFoundError
+from conveyor.errors import InvalidInputError, NotFoundError, QuotaExceededError
 from conveyor.store.database import Database, Tx
 from conveyor.store.schema import events, executions
 
@@ -80,6 +81,7 @@ class Engine:
         self.catalog = catalog
         self.settings = settings or EngineSettings()
         self._known_queues: set[str] = set()
+        self._waiting: dict[str, tuple[float, int]] = {}
         self.steps: StepCoordinator = ExecutionCoordinator()
         self._rng = random.Random()
 
@@ -114,6 +116,7 @@ class Engine:
         prepared = [
             jobs_mod.prepare(s, owner=owner, catalog=self.catalog, limits=limits) for s in specs
         ]
+        await self._check_waiting_quota(owner, len(prepared))
         new_queues = {p.row["queue"] for p in prepared} - self._known_queues
 
         def body(tx: Tx) -> list[EnqueueResult]:
@@ -124,6 +127,26 @@ class Engine:
         results = await self.db.write(body)
         self._known_queues |= new_queues
         return results
+
+    async def _check_waiting_quota(self, owner: str, adding: int) -> None:
+        """Refuse work beyond the owner's cap of waiting jobs (429). The count is cached
+        for a few seconds: the cap is a guard against floods, not an exact ledger."""
+        cap = self.settings.limits.max_waiting_per_owner
+        if cap is None:
+            return
+        now = time.monotonic()
+        cached = self._waiting.get(owner)
+        if cached is None or cached[0] < now:
+            count = await self.db.read(lambda c: jobs_mod.waiting_count(c, owner))
+            cached = (now + 2.0, count)
+        if cached[1] + adding > cap:
+            self._waiting[owner] = cached
+            raise QuotaExceededError(
+                f"you already have {cached[1]} jobs waiting (the cap is {cap}); "
+                "try again when some have run",
+                retry_after_s=5,
+            )
+        self._waiting[owner] = (cached[0], cached[1] + adding)
 
     async def get_job(self, job_id: str, *, owner: str | None = None) -> Job:
         return await self.db.read(lambda c: jobs_mod.get_job(c, job_id, owner))

@@ -60,6 +60,8 @@ class Limits:
     max_payload_bytes: int = 1_048_576
     max_metadata_bytes: int = 16_384
     max_bulk: int = 10_000
+    #: jobs one owner may have waiting (queued or pending) at once; None: no cap
+    max_waiting_per_owner: int | None = None
 
 
 @dataclass(slots=True)
@@ -487,3 +489,16 @@ def retry_job_tx(tx: Tx, job_id: str, owner: str | None) -> Job:
 
 def backoff_of(row: Any) -> Backoff:
     return Backoff.from_json(row.backoff)
+
+
+def waiting_count(conn: Connection, owner: str) -> int:
+    """How many of ``owner``'s jobs are queued or waiting on dependencies."""
+    from sqlalchemy import func
+
+    count = conn.execute(
+        select(func.count()).where(
+            jobs.c.owner == owner,
+            jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.PENDING.value]),
+        )
+    ).scalar_one()
+    return int(count)

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Select, bindparam, select, tuple_, update
 
+from conveyor import faults
 from conveyor.domain.events import EventType
 from conveyor.domain.ids import new_token
 from conveyor.domain.retry import Backoff
@@ -119,6 +120,7 @@ def claim_tx(
     rows = list(tx.conn.execute(stmt, params).all())
     if not rows:
         return []
+    faults.hit("after_claim")
     # the UPDATE returns rows in no particular order: hand out the most urgent first
     # (ids are UUIDv7, so id order is submission order within a priority)
     rows.sort(key=lambda r: (r[13], r[0]))
@@ -291,6 +293,8 @@ def settle_tx(
     lost: set[str] = set()
     if outcomes:
         lost = _apply_outcomes(tx, outcomes, steps, rng)
+        if any(isinstance(o, Completed) for o in outcomes):
+            faults.hit("in_complete_txn")
     claimed = claim_tx(tx, claim, steps) if claim is not None else []
     return SettleResult(claimed, frozenset(lost))
 
@@ -555,6 +559,7 @@ def recover_expired_tx(tx: Tx, limit: int, steps: StepCoordinator | None) -> lis
         if status != JobStatus.QUEUED and row.execution_id is not None:
             changes.append(StepChange(row.execution_id, row.step_id, row.id, status))
     tx.conn.execute(_expire_to, params)
+    faults.hit("mid_recovery_sweep")
     for queue in requeued:
         tx.notify(JOBS_CHANNEL, queue)
     if changes and steps is not None:

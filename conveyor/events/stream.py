@@ -11,7 +11,9 @@ from conveyor.events.hub import EventHub, Subscription
 
 Replay = Callable[[int, int], Awaitable[list[Event]]]
 Finished = Callable[[], Awaitable[bool]]
+Allowed = Callable[[], Awaitable[bool]]
 REPLAY_PAGE = 500
+RECHECK_S = 30.0
 
 
 def terminal_for(key: str) -> Callable[[Event], bool]:
@@ -40,6 +42,7 @@ async def follow(
     after: int,
     lifetime_s: float,
     finished: Finished | None = None,
+    still_allowed: Allowed | None = None,
 ) -> AsyncIterator[Event]:
     """Every event of ``key`` with an id above ``after``, then live ones, until the
     terminal event, the stream's lifetime ends, or the consumer falls too far behind.
@@ -47,9 +50,11 @@ async def follow(
     The subscription was opened before the history is read, and ids already sent are
     skipped, so nothing committed meanwhile is missed or sent twice. A client resuming
     after the terminal event (``finished`` says so) gets the rest and the stream ends.
+    ``still_allowed`` is asked every half minute: a revoked caller's stream ends.
     """
     is_terminal = terminal_for(key)
     deadline = time.monotonic() + lifetime_s
+    next_check = time.monotonic() + RECHECK_S
     sent = after
     try:
         while True:
@@ -70,10 +75,15 @@ async def follow(
                     yield late
             return
         while True:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 return  # the client reconnects with fresh credentials
-            live = await subscription.next(min(remaining, 30.0))
+            if still_allowed is not None and now >= next_check:
+                if not await still_allowed():
+                    return
+                next_check = now + RECHECK_S
+            live = await subscription.next(min(remaining, RECHECK_S))
             if subscription.overflowed:
                 return  # too far behind: the client resumes from its last id
             if live is None or live.id <= sent:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from conveyor.errors import ConfigurationError, TaskFailure
 from conveyor.llm.types import Completion, Request, TokenUsage, ToolCall
+
+log = logging.getLogger("conveyor.llm.anthropic")
 
 
 class AnthropicProvider:
@@ -26,6 +29,7 @@ class AnthropicProvider:
         except ImportError as exc:
             raise ConfigurationError("pip install 'conveyor[anthropic]' to use Anthropic") from exc
         self._anthropic = anthropic
+        self._warned_temperature = False
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key,
             base_url=base_url,
@@ -47,8 +51,10 @@ class AnthropicProvider:
         }
         if system:
             kwargs["system"] = system
-        if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
+        if request.temperature is not None and not self._warned_temperature:
+            # the Messages API this SDK speaks has no sampling temperature any more
+            self._warned_temperature = True
+            log.warning("Anthropic: temperature is not supported by this API; ignored")
         if request.tools:
             kwargs["tools"] = request.tools
         started = time.perf_counter()

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from conveyor import faults
 from conveyor.engine.core import Engine
 from conveyor.engine.jobs import CANCEL_CHANNEL, JOBS_CHANNEL
 from conveyor.engine.models import (
@@ -351,6 +352,8 @@ class Worker:
                         claim = ClaimRequest(
                             self.worker_id, want, s.queues, sorted(self.tasks), s.lease_ttl_s
                         )
+                    if any(isinstance(o, Completed) for o in outcomes):
+                        faults.hit("after_effect_before_checkpoint")
                     sent = time.monotonic()
                     wakeups_before = self._wakeups
                     try:
@@ -485,6 +488,7 @@ class Worker:
                 dependencies=job.dependencies,
                 ignore_unknown=job.execution_id is not None,
             )
+            faults.hit("mid_step")
             result = await self._call(definition, Context(attempt), kwargs, job.timeout_s)
             outcome = Completed(job.id, token, definition.dump_output(result))
         except AwaitingInput:

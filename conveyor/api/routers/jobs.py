@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
+from conveyor import faults
 from conveyor.api.deps import (
     BearerCredentials,
     Caller,
@@ -60,6 +61,7 @@ async def submit_job(
 ) -> dict[str, Any]:
     spec = job_spec(body.model_dump(exclude_none=True), idempotency_key)
     result = await engine.enqueue(spec, owner=caller.id)
+    faults.hit("after_commit_before_response")
     response.headers["Location"] = f"{API_PREFIX}/jobs/{result.job.id}"
     if not result.created:
         response.status_code = 200
