@@ -166,6 +166,10 @@ class Conveyor:
     def workflow_spec(self, name: str) -> WorkflowSpec | None:
         return self.workflows.get(name)
 
+    def secret_fields(self, name: str) -> tuple[str, ...]:
+        definition = self.tasks.get(name)
+        return () if definition is None else definition.secret_params
+
     def task_defaults(self, name: str) -> TaskDefaults | None:
         definition = self.tasks.get(name)
         return None if definition is None else definition.defaults

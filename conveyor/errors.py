@@ -28,7 +28,8 @@ message and a non-zero exit code.
     ├── ConfigurationError           settings that cannot work; refuse to start
     ├── TaskFailure                  raised by task code to steer retries
     │   └── NonRetryableError        fail now, do not retry
-    │       └── BudgetExceededError  an LLM call would exceed the execution's budget
+    │       ├── BudgetExceededError  an LLM call would exceed the execution's budget
+    │       └── UnsafeRequestError   ctx.http refused a URL (not public, bad scheme)
     └── JobCancelled                 raised inside task code once its job was cancelled
 """
 
@@ -173,6 +174,13 @@ class BudgetExceededError(NonRetryableError):
 
     code = "budget_exceeded"
     title = "Budget exceeded"
+
+
+class UnsafeRequestError(NonRetryableError):
+    """``ctx.http`` refused a URL: not http(s), or it resolves to a non-public address."""
+
+    code = "unsafe_request"
+    title = "Request refused"
 
 
 class JobCancelled(ConveyorError):

@@ -13,11 +13,14 @@ from typing import Any
 from conveyor.app import Conveyor
 from conveyor.engine.core import Engine, EngineSettings
 from conveyor.engine.jobs import Limits
+from conveyor.engine.sealing import Sealer
 from conveyor.settings import Settings
 from conveyor.store import migrate
 from conveyor.store.database import Database
 from conveyor.store.factory import open_database
+from conveyor.store.secrets import shared_secret
 from conveyor.store.url import backend_of
+from conveyor.worker.http import SafeHttp
 from conveyor.worker.runtime import Worker, WorkerSettings
 
 
@@ -47,6 +50,30 @@ def upgrade_database(url: str) -> None:
             migrate.upgrade(url)
 
 
+class TaskServices:
+    """Offered to task code through its Context, created on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._llm: Any = None
+        self._http: SafeHttp | None = None
+
+    def llm_for(self, ctx: Any) -> Any:
+        if self._llm is None:
+            from conveyor.llm.service import LLMService
+
+            self._llm = LLMService(self.settings)
+        return self._llm.llm_for(ctx)
+
+    def http_for(self, ctx: Any) -> SafeHttp:
+        if self._http is None:
+            s = self.settings
+            self._http = SafeHttp(
+                allow=s.http_allow, timeout_s=s.http_timeout_s, max_bytes=s.http_max_bytes
+            )
+        return self._http
+
+
 class Runtime:
     """A database, an engine and workers for one app, in this process."""
 
@@ -55,7 +82,7 @@ class Runtime:
         self.settings = settings or Settings()
         self._db: Database | None = None
         self._engine: Engine | None = None
-        self._services: Any = None
+        self._services: TaskServices | None = None
 
     async def open(self, *, upgrade: bool = True) -> Engine:
         url = self.settings.database_url
@@ -71,6 +98,10 @@ class Runtime:
                 worker_heartbeat_timeout_s=self.settings.worker_heartbeat_timeout_s,
                 limits=Limits(max_waiting_per_owner=self.settings.max_waiting_jobs_per_user),
             ),
+        )
+        key = self.settings.secret_key
+        self._engine.sealer = Sealer(
+            key.get_secret_value() if key else await shared_secret(self._db, "seal_key")
         )
         return self._engine
 
@@ -115,12 +146,10 @@ class Runtime:
         )
 
     @property
-    def services(self) -> Any:
-        """What task code gets beyond the engine: ``ctx.llm`` providers."""
+    def services(self) -> TaskServices:
+        """What task code gets beyond the engine: ``ctx.llm`` and ``ctx.http``."""
         if self._services is None:
-            from conveyor.llm.service import LLMService
-
-            self._services = LLMService(self.settings)
+            self._services = TaskServices(self.settings)
         return self._services
 
     async def close(self) -> None:

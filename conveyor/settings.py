@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(default=30.0, ge=0)
     cancel_grace_s: float = Field(default=5.0, ge=0)
 
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="key (>= 32 bytes) sealing secret task inputs; unset: one is generated "
+        "and kept in the database",
+    )
     server: str | None = Field(default=None, description="URL of a remote Conveyor server")
     token: SecretStr | None = Field(default=None, description="bearer token for --server")
 
@@ -63,6 +68,14 @@ class Settings(BaseSettings):
         default=1_000_000, ge=1, description="queued or pending jobs one user may have"
     )
     events_poll_s: float = Field(default=1.0, gt=0, le=60)
+
+    # -- outbound HTTP from steps (ctx.http) ------------------------------------------------
+    http_allow: list[str] = Field(
+        default_factory=list,
+        description='non-public "ip:port" targets ctx.http may reach (internal services)',
+    )
+    http_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    http_max_bytes: int = Field(default=10 * 1_048_576, ge=1024, le=1_073_741_824)
 
     # -- LLM calls from steps (ctx.llm) ------------------------------------------------------
     llm_provider: Literal["auto", "fake", "openai", "anthropic"] = Field(

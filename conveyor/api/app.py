@@ -25,11 +25,12 @@ from conveyor.api.state import ApiState
 from conveyor.app import Conveyor
 from conveyor.auth.tickets import StreamTickets
 from conveyor.auth.tokens import TokenPolicy, TokenService
-from conveyor.auth.users import Accounts, LoginLimiter, shared_secret
+from conveyor.auth.users import Accounts, LoginLimiter
 from conveyor.errors import ConveyorError
 from conveyor.events.hub import EventHub
 from conveyor.runtime import Runtime
 from conveyor.settings import Settings
+from conveyor.store.secrets import shared_secret
 
 log = logging.getLogger("conveyor.api")
 

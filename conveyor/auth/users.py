@@ -24,8 +24,11 @@ from conveyor.errors import (
     QuotaExceededError,
 )
 from conveyor.store.database import Database, Tx
-from conveyor.store.schema import server_secrets, users
-from conveyor.store.sql import db_now, dialect_insert
+from conveyor.store.schema import users
+from conveyor.store.secrets import shared_secret
+from conveyor.store.sql import db_now
+
+__all__ = ["Accounts", "LoginLimiter", "User", "check_roles", "shared_secret"]
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{1,63}\Z")
 _PRINCIPAL_CACHE_S = 5.0
@@ -237,22 +240,3 @@ def _credentials(conn: Connection, username: str) -> Any:
             users.c.id, users.c.username, users.c.password_hash, users.c.roles, users.c.disabled
         ).where(users.c.username == username)
     ).first()
-
-
-async def shared_secret(db: Database, name: str, length: int = 48) -> str:
-    """A random secret generated once and stored in the database, so every replica on the
-    same database shares it (used when no JWT secret is configured)."""
-
-    def body(tx: Tx) -> str:
-        value = secrets.token_urlsafe(length)
-        tx.conn.execute(
-            dialect_insert(tx.dialect, server_secrets)
-            .values(name=name, value=value, created_at=db_now())
-            .on_conflict_do_nothing(index_elements=["name"])
-        )
-        stored = tx.conn.execute(
-            select(server_secrets.c.value).where(server_secrets.c.name == name)
-        ).scalar_one()
-        return str(stored)
-
-    return await db.write(body)

@@ -50,6 +50,7 @@ from conveyor.engine.models import (
     TaskCatalog,
     WorkerInfo,
 )
+from conveyor.engine.sealing import Sealer
 from conveyor.engine.usage import UsageRecord
 from conveyor.engine.workers import WorkerRegistration
 from conveyor.errors import InvalidInputError, NotFoundError, QuotaExceededError
@@ -83,6 +84,8 @@ class Engine:
         self._known_queues: set[str] = set()
         self._waiting: dict[str, tuple[float, int]] = {}
         self.steps: StepCoordinator = ExecutionCoordinator()
+        #: seals secret task inputs before they are stored (set by the Runtime)
+        self.sealer: Sealer | None = None
         self._rng = random.Random()
 
     # -- wiring ----------------------------------------------------------------------------
@@ -114,7 +117,10 @@ class Engine:
         if len(specs) > limits.max_bulk:
             raise InvalidInputError(f"at most {limits.max_bulk} jobs per request")
         prepared = [
-            jobs_mod.prepare(s, owner=owner, catalog=self.catalog, limits=limits) for s in specs
+            jobs_mod.prepare(
+                s, owner=owner, catalog=self.catalog, limits=limits, sealer=self.sealer
+            )
+            for s in specs
         ]
         await self._check_waiting_quota(owner, len(prepared))
         new_queues = {p.row["queue"] for p in prepared} - self._known_queues
@@ -321,6 +327,7 @@ class Engine:
             catalog=self.catalog,
             limits=self.settings.limits,
             max_steps=self.settings.max_steps,
+            sealer=self.sealer,
         )
         new_queues = {d.queue for d in prepared.step_defaults.values()} - self._known_queues
 

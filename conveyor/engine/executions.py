@@ -31,7 +31,7 @@ from conveyor.domain.graph import (
 from conveyor.domain.ids import new_id
 from conveyor.domain.priority import Priority
 from conveyor.domain.states import ExecutionStatus, JobStatus
-from conveyor.engine.jobs import CANCEL_CHANNEL, JOBS_CHANNEL, Limits, check_id
+from conveyor.engine.jobs import CANCEL_CHANNEL, JOBS_CHANNEL, Limits, check_id, seal_secrets
 from conveyor.engine.models import (
     Execution,
     ExecutionProgress,
@@ -41,6 +41,7 @@ from conveyor.engine.models import (
     TaskDefaults,
 )
 from conveyor.engine.paging import check_limit, decode_cursor, encode_cursor
+from conveyor.engine.sealing import Sealer
 from conveyor.engine.usage import costs_of
 from conveyor.errors import (
     ConflictError,
@@ -79,6 +80,7 @@ def prepare_execution(
     catalog: TaskCatalog | None,
     limits: Limits,
     max_steps: int,
+    sealer: Sealer | None = None,
 ) -> PreparedExecution:
     """Validate a start request against the registered workflows and tasks (no I/O)."""
     if (spec.workflow is None) == (spec.steps is None):
@@ -132,6 +134,9 @@ def prepare_execution(
         )
     if spec.metadata is not None and _json_size(spec.metadata) > limits.max_metadata_bytes:
         raise InvalidInputError(f"metadata is larger than {limits.max_metadata_bytes} bytes")
+    if catalog is not None:
+        secret = {f for step in graph.steps for f in catalog.secret_fields(step.task)}
+        data = seal_secrets(data, secret, sealer)
     priority = Priority.parse(spec.priority)
     if spec.budget_usd is not None and not 0 < spec.budget_usd <= 1_000_000:
         raise InvalidInputError("budget_usd must be > 0 and <= 1000000")

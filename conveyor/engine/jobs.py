@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +31,9 @@ from conveyor.domain.states import DELAYED, VISIBLE_JOB_STATUSES, JobStatus, job
 from conveyor.engine.models import EnqueueResult, Job, JobSpec, TaskCatalog, TaskDefaults
 from conveyor.engine.paging import check_limit, decode_cursor, encode_cursor
 from conveyor.engine.rows import job_from_row
+from conveyor.engine.sealing import Sealer
 from conveyor.errors import (
+    ConfigurationError,
     ConflictError,
     IdempotencyMismatchError,
     InvalidInputError,
@@ -70,6 +72,18 @@ class _Prepared:
     delay_s: float | None  # None when run_at is absolute
 
 
+def seal_secrets(
+    data: dict[str, Any], fields: Iterable[str], sealer: Sealer | None
+) -> dict[str, Any]:
+    """``data`` with its secret fields sealed (refused if there is no key to seal with)."""
+    secret = [f for f in fields if isinstance(data.get(f), str)]
+    if not secret:
+        return data
+    if sealer is None:
+        raise ConfigurationError("secret inputs need a key: set CONVEYOR_SECRET_KEY")
+    return sealer.seal_fields(data, secret)
+
+
 def check_queue_name(name: str) -> str:
     if not _QUEUE_RE.match(name):
         raise InvalidInputError(
@@ -106,8 +120,9 @@ def prepare(
     owner: str,
     catalog: TaskCatalog | None,
     limits: Limits,
+    sealer: Sealer | None = None,
 ) -> _Prepared:
-    """Validate a spec and fill in the task's defaults (no I/O)."""
+    """Validate a spec, fill in the task's defaults and seal its secrets (no I/O)."""
     if not spec.task or len(spec.task) > 200:
         raise InvalidInputError("task must be 1-200 characters")
     defaults = TaskDefaults()
@@ -150,6 +165,7 @@ def prepare(
             raise InvalidInputError(f"delay_s must be between 0 and {MAX_DELAY_S}")
         delay_s = float(spec.delay_s)
     backoff = spec.backoff or defaults.backoff
+    data = seal_secrets(data, catalog.secret_fields(spec.task) if catalog else (), sealer)
     row: dict[str, Any] = {
         "id": new_id(),
         "task": spec.task,

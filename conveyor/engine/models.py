@@ -38,6 +38,9 @@ class TaskCatalog(Protocol):
     def workflow_spec(self, name: str) -> WorkflowSpec | None:
         """The workflow registered as ``name``, or ``None``."""
 
+    def secret_fields(self, name: str) -> tuple[str, ...]:
+        """Input fields of task ``name`` that are secrets (sealed before storing)."""
+
 
 @dataclass(frozen=True, slots=True)
 class StepChange:

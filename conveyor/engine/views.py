@@ -16,6 +16,7 @@ from conveyor.engine.models import (
     StepState,
     WorkerInfo,
 )
+from conveyor.engine.sealing import masked
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -43,7 +44,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "progress_message": job.progress_message,
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
-        "input": job.input,
+        "input": masked(job.input),
         "result": job.result,
         "error": public_error(job.error),
         "worker_id": job.worker_id,
@@ -121,7 +122,7 @@ def execution_json(ex: Execution) -> dict[str, Any]:
         "mode": ex.mode,
         "failure_policy": ex.failure_policy,
         "priority": ex.priority.label,
-        "input": ex.input,
+        "input": masked(ex.input),
         "output": ex.output,
         "error": public_error(ex.error),
         "scope_type": ex.scope_type,

@@ -17,6 +17,7 @@ from conveyor.errors import ConfigurationError, InvalidInputError, JobCancelled
 if TYPE_CHECKING:
     from conveyor.engine.core import Engine
     from conveyor.llm.client import LLMClient
+    from conveyor.worker.http import SafeHttp
 
 T = TypeVar("T")
 _JSON: TypeAdapter[Any] = TypeAdapter(Any)
@@ -103,6 +104,15 @@ class Context:
                 raise ConfigurationError("this worker was built without LLM providers")
             self._llm = services.llm_for(self)
         return cast("LLMClient", self._llm)
+
+    @property
+    def http(self) -> SafeHttp:
+        """Outbound HTTP that refuses non-public addresses (``await ctx.http.get(url)``):
+        use it for any URL that came from a user or a model."""
+        services = self._attempt.services
+        if services is None:
+            raise ConfigurationError("this worker was built without task services")
+        return cast("SafeHttp", services.http_for(self))
 
     async def save_document(
         self,

@@ -43,6 +43,7 @@ from conveyor.engine.models import (
     Progress,
     Released,
 )
+from conveyor.engine.sealing import is_sealed, scrub
 from conveyor.engine.workers import WorkerRegistration
 from conveyor.errors import (
     ConveyorError,
@@ -482,9 +483,15 @@ class Worker:
         definition = self.tasks[job.task]
         outcome: Outcome | None = None
         started = time.monotonic()
+        secrets: list[str] = []
         try:
+            data = job.input
+            if data and any(is_sealed(v) for v in data.values()):
+                if self.engine.sealer is None:
+                    raise NonRetryableError("a sealed input needs the secret key to open it")
+                data, secrets = self.engine.sealer.unseal_all(data)
             kwargs = definition.parse_input(
-                job.input,
+                data,
                 dependencies=job.dependencies,
                 ignore_unknown=job.execution_id is not None,
             )
@@ -522,6 +529,13 @@ class Worker:
             else:
                 outcome = Failed(job.id, token, _error(exc))
         finally:
+            if secrets and isinstance(outcome, Failed):
+                outcome = Failed(
+                    outcome.job_id,
+                    outcome.token,
+                    _scrubbed(outcome.error, secrets),
+                    outcome.retryable,
+                )
             elapsed = time.monotonic() - started
             self._avg_run_s = (
                 elapsed if self._avg_run_s is None else 0.8 * self._avg_run_s + 0.2 * elapsed
@@ -598,6 +612,11 @@ class Worker:
 
 class _AttemptTimedOut(Exception):
     """The attempt ran past the job's timeout (not a TimeoutError raised by task code)."""
+
+
+def _scrubbed(error: dict[str, Any], secrets: list[str]) -> dict[str, Any]:
+    """An error without the plaintext of the attempt's secret inputs."""
+    return {k: (scrub(v, secrets) if isinstance(v, str) else v) for k, v in error.items()}
 
 
 def _error(exc: BaseException, *, with_traceback: bool = True) -> dict[str, Any]:

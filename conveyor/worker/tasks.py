@@ -14,7 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
 
 from conveyor.engine.models import TaskDefaults
 from conveyor.errors import InvalidInputError, WorkflowDefinitionError
@@ -47,6 +54,8 @@ class TaskDefinition:
     input_model: type[BaseModel]
     output_adapter: TypeAdapter[Any]
     description: str | None
+    #: parameters annotated SecretStr: sealed before the job is stored
+    secret_params: tuple[str, ...] = ()
 
     @classmethod
     def build(cls, name: str, fn: Callable[..., Any], defaults: TaskDefaults) -> TaskDefinition:
@@ -77,6 +86,7 @@ class TaskDefinition:
             default = ... if param.default is inspect.Parameter.empty else param.default
             fields[pname] = (annotation, default)
         model = create_model(f"{name}_input", __base__=_Strict, **fields)
+        secret_params = tuple(p for p, (annotation, _) in fields.items() if _is_secret(annotation))
         returns = hints.get("return", Any)
         return cls(
             name=name,
@@ -89,6 +99,7 @@ class TaskDefinition:
             input_model=model,
             output_adapter=TypeAdapter(Any if returns is None else returns),
             description=inspect.getdoc(fn),
+            secret_params=secret_params,
         )
 
     def validate_input(self, data: dict[str, Any]) -> None:
@@ -140,6 +151,12 @@ class TaskDefinition:
 
     def input_schema(self) -> dict[str, Any]:
         return self.input_model.model_json_schema()
+
+
+def _is_secret(annotation: Any) -> bool:
+    if annotation is SecretStr:
+        return True
+    return any(_is_secret(arg) for arg in typing.get_args(annotation))
 
 
 def _is_context(name: str, annotation: Any) -> bool:
