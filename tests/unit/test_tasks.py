@@ -162,15 +162,28 @@ def test_model_parameters_receive_model_instances() -> None:
     definition = build(charge)
     kwargs = definition.parse_input(
         {
-            "customer": {"name": "Ada", "address": {"street": "Main", "zip_code": "9"}},
+            "customer": {"name": "Ada", "address": {"street": "Main", "zip_code": 9}},
             "amount": 5,
         }
     )
     customer = kwargs["customer"]
     assert isinstance(customer, Customer)
     assert isinstance(customer.address, Address)
-    assert customer.address.zip_code == 9  # coerced by the model's own validation
+    assert customer.address.zip_code == 9
     assert customer.tier == "free"
+
+
+def test_inputs_take_json_types_only() -> None:
+    # a JSON string is not an int: inputs match the published JSON Schema exactly
+    definition = build(charge)
+    with pytest.raises(InvalidInputError) as info:
+        definition.parse_input(
+            {
+                "customer": {"name": "Ada", "address": {"street": "Main", "zip_code": "9"}},
+                "amount": 5,
+            }
+        )
+    assert [loc for loc, _ in details_of(info.value)] == [("customer", "address", "zip_code")]
 
 
 def test_missing_field_is_invalid_input_with_details() -> None:
@@ -277,7 +290,7 @@ def test_var_keyword_task_receives_extra_keys() -> None:
 
     definition = build(task)
     assert definition.var_keyword
-    assert definition.parse_input({"a": "1", "b": 2, "c": "x"}) == {"a": 1, "b": 2, "c": "x"}
+    assert definition.parse_input({"a": 1, "b": 2, "c": "x"}) == {"a": 1, "b": 2, "c": "x"}
 
 
 # -- dependencies ------------------------------------------------------------------------------
