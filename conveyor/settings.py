@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     metrics_public: bool = True
     stream_max_lifetime_s: float = Field(default=3600.0, ge=1, le=86_400)
     stream_send_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    stream_recheck_s: float = Field(
+        default=30.0, gt=0, le=3600, description="how often a stream re-checks its caller"
+    )
     stream_buffer_events: int = Field(default=1000, ge=10, le=1_000_000)
     max_streams_per_user: int = Field(default=100, ge=1, le=100_000)
     max_waiting_jobs_per_user: int | None = Field(

@@ -1,9 +1,10 @@
 """Live streams: SSE on the events routes, single-use stream tickets, and WebSocket.
 
-Credentials: ``Authorization: Bearer`` (any client), or ``?ticket=`` from
-``POST /stream-tickets`` (browsers' EventSource cannot set headers). A long-lived JWT is
-never accepted in a URL. Every stream ends when its token expires or after
-``stream_max_lifetime_s``, so it never outlives its credentials by much.
+Credentials: ``Authorization: Bearer`` (any client), ``?ticket=`` from
+``POST /stream-tickets`` (browsers' EventSource cannot set headers), or the dashboard's
+session cookie (its pages' same-origin EventSource; the JSON routes stay bearer-only). A
+long-lived JWT is never accepted in a URL. Every stream ends when its token expires or
+after ``stream_max_lifetime_s``, so it never outlives its credentials by much.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from conveyor.events.stream import Finished, follow, open_subscription
 
 SSE_MEDIA = "text/event-stream"
 RETRY_MS = 2000
+#: the dashboard's session cookie (HttpOnly, SameSite=Strict): the JWT issued at sign-in
+SESSION_COOKIE = "conveyor_session"
+_MAX_TOKEN_CHARS = 8192
 Replay = Callable[[int, int], Awaitable[list[Event]]]
 
 
@@ -47,20 +51,28 @@ class StreamCaller:
 
 
 async def stream_caller(request: Request, key: str, ticket: str | None) -> StreamCaller:
+    """Who opens a stream: a bearer token, else a stream ticket, else the dashboard's
+    session cookie (SameSite=Strict, so only the dashboard's own pages send it)."""
     state: ApiState = request.app.state.conveyor
     cap = state.settings.stream_max_lifetime_s
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
-        token = header[7:].strip()
-        principal = await state.accounts.principal(token)
-        expires_at = state.accounts.tokens.verify(token).expires_at
-        return StreamCaller(
-            principal.id, principal.scope, min(cap, expires_at - time.time()), token
-        )
+        return await _token_caller(state, header[7:].strip(), cap)
     if ticket:
         owner = await state.tickets.redeem(ticket, key)
         return StreamCaller(owner, owner, cap)
+    cookie = request.cookies.get(SESSION_COOKIE, "").strip()
+    if cookie:
+        return await _token_caller(state, cookie, cap)
     raise AuthenticationError("missing bearer token or stream ticket")
+
+
+async def _token_caller(state: ApiState, token: str, cap: float) -> StreamCaller:
+    if not token or len(token) > _MAX_TOKEN_CHARS:
+        raise AuthenticationError("invalid token")
+    principal = await state.accounts.principal(token)
+    expires_at = state.accounts.tokens.verify(token).expires_at
+    return StreamCaller(principal.id, principal.scope, min(cap, expires_at - time.time()), token)
 
 
 def last_event_id(request: Request, query_value: int | None) -> int:
@@ -107,6 +119,7 @@ def sse_response(
             lifetime_s=caller.lifetime_s,
             finished=finished,
             still_allowed=still_allowed,
+            recheck_s=state.settings.stream_recheck_s,
         ):
             yield ServerSentEvent(
                 data=json.dumps(event_json(event), separators=(",", ":")),

@@ -43,6 +43,7 @@ async def follow(
     lifetime_s: float,
     finished: Finished | None = None,
     still_allowed: Allowed | None = None,
+    recheck_s: float = RECHECK_S,
 ) -> AsyncIterator[Event]:
     """Every event of ``key`` with an id above ``after``, then live ones, until the
     terminal event, the stream's lifetime ends, or the consumer falls too far behind.
@@ -50,11 +51,11 @@ async def follow(
     The subscription was opened before the history is read, and ids already sent are
     skipped, so nothing committed meanwhile is missed or sent twice. A client resuming
     after the terminal event (``finished`` says so) gets the rest and the stream ends.
-    ``still_allowed`` is asked every half minute: a revoked caller's stream ends.
+    ``still_allowed`` is asked every ``recheck_s``: a revoked caller's stream ends.
     """
     is_terminal = terminal_for(key)
     deadline = time.monotonic() + lifetime_s
-    next_check = time.monotonic() + RECHECK_S
+    next_check = time.monotonic() + recheck_s
     sent = after
     try:
         while True:
@@ -82,8 +83,8 @@ async def follow(
             if still_allowed is not None and now >= next_check:
                 if not await still_allowed():
                     return
-                next_check = now + RECHECK_S
-            live = await subscription.next(min(remaining, RECHECK_S))
+                next_check = now + recheck_s
+            live = await subscription.next(min(remaining, recheck_s))
             if subscription.overflowed:
                 return  # too far behind: the client resumes from its last id
             if live is None or live.id <= sent:
