@@ -16,8 +16,7 @@ message and a non-zero exit code.
     ├── ConflictError                the resource is in the wrong state (409)
     │   ├── InvalidTransitionError   a state change the transition table forbids
     │   ├── DependenciesNotMetError  manual run of a step whose dependencies are not done
-    │   ├── PreconditionFailedError  an If-Match naming a version that is no longer current
-    │   └── PreconditionRequiredError an update that must name the version it changes
+    │   └── PreconditionFailedError  an If-Match naming a version that is no longer current
     ├── GoneError                    the thing expired (410)
     ├── AuthenticationError          missing or bad credentials (401)
     ├── PermissionDeniedError        authenticated, but the role does not allow it (403)
@@ -100,13 +99,6 @@ class PreconditionFailedError(ConflictError):
 
     code = "precondition_failed"
     title = "Precondition failed"
-
-
-class PreconditionRequiredError(ConflictError):
-    """An optimistic update without If-Match (HTTP 428)."""
-
-    code = "precondition_required"
-    title = "Precondition required"
 
 
 class GoneError(ConveyorError):

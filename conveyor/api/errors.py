@@ -22,7 +22,6 @@ from conveyor.errors import (
     NotFoundError,
     PermissionDeniedError,
     PreconditionFailedError,
-    PreconditionRequiredError,
     QuotaExceededError,
     ServiceUnavailableError,
 )
@@ -32,7 +31,6 @@ PROBLEM_JSON = "application/problem+json"
 
 _STATUS: list[tuple[type[ConveyorError], int]] = [
     (PreconditionFailedError, 412),
-    (PreconditionRequiredError, 428),
     (InvalidInputError, 422),
     (NotFoundError, 404),
     (ConflictError, 409),
@@ -56,7 +54,6 @@ _TITLES = {
     413: "Request body too large",
     415: "Unsupported media type",
     422: "Invalid request",
-    428: "Precondition required",
     429: "Too many requests",
     500: "Internal server error",
     503: "Service unavailable",

@@ -26,7 +26,7 @@ from conveyor.errors import (
 )
 from conveyor.store.database import Tx
 from conveyor.store.schema import document_versions, documents, executions, jobs
-from conveyor.store.sql import db_now
+from conveyor.store.sql import db_now, dialect_insert
 from conveyor.store.types import dumps
 
 MAX_CONTENT_BYTES = 4 * 1_048_576
@@ -136,6 +136,24 @@ def save_from_step_tx(
         scope_type, scope_id = _default_scope(tx, job)
     if scope_id is None or not 1 <= len(scope_id) <= 200 or not 1 <= len(scope_type) <= 100:
         raise InvalidInputError("give scope_type and scope_id (1-100 / 1-200 characters)")
+    # create the document if missing (ON CONFLICT: two steps may race to create it),
+    # then lock it: FOR UPDATE cannot lock a row that does not exist yet
+    tx.conn.execute(
+        dialect_insert(tx.dialect, documents)
+        .values(
+            id=new_id(),
+            owner=job.owner,
+            type=type_,
+            title=title,
+            scope_type=scope_type,
+            scope_id=scope_id,
+            version=0,
+            execution_id=job.execution_id,
+            created_at=db_now(),
+            updated_at=db_now(),
+        )
+        .on_conflict_do_nothing(index_elements=["owner", "scope_type", "scope_id", "type"])
+    )
     found = tx.conn.execute(
         select(documents.c.id, documents.c.version)
         .where(
@@ -145,30 +163,13 @@ def save_from_step_tx(
             documents.c.type == type_,
         )
         .with_for_update()
-    ).first()
-    if found is None:
-        document_id, version = new_id(), 1
-        tx.conn.execute(
-            documents.insert().values(
-                id=document_id,
-                owner=job.owner,
-                type=type_,
-                title=title,
-                scope_type=scope_type,
-                scope_id=scope_id,
-                version=1,
-                execution_id=job.execution_id,
-                created_at=db_now(),
-                updated_at=db_now(),
-            )
-        )
-    else:
-        document_id, version = str(found.id), int(found.version) + 1
-        tx.conn.execute(
-            update(documents)
-            .where(documents.c.id == document_id)
-            .values(version=version, title=title, updated_at=db_now())
-        )
+    ).one()
+    document_id, version = str(found.id), int(found.version) + 1
+    tx.conn.execute(
+        update(documents)
+        .where(documents.c.id == document_id)
+        .values(version=version, title=title, updated_at=db_now())
+    )
     created_by = f"step:{job.step_id}" if job.step_id else f"job:{job.id}"
     _add_version(
         tx, document_id, version, title, content, content_type, created_by, job=job, save_seq=seq

@@ -144,7 +144,8 @@ def _totals(conn: Connection, where: Any, group: list[Any]) -> list[dict[str, An
     if where is not None:
         stmt = stmt.where(where)
     if group:
-        stmt = stmt.group_by(*group).order_by(*group)
+        # NULLs first on both backends (PostgreSQL would sort them last)
+        stmt = stmt.group_by(*group).order_by(*(g.is_not(None) for g in group), *group)
     result = []
     for row in conn.execute(stmt).all():
         data = dict(row._mapping)

@@ -14,7 +14,7 @@ log = logging.getLogger("conveyor.llm.anthropic")
 
 class AnthropicProvider:
     name = "anthropic"
-    default_model = "claude-3-5-haiku-latest"
+    default_model = "claude-haiku-4-5"
 
     def __init__(
         self,
