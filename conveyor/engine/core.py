@@ -219,9 +219,12 @@ class Engine:
     ) -> SettleResult:
         """Record attempt outcomes and claim replacement jobs, in one transaction."""
 
-        return await self.db.write(
-            lambda tx: leases.settle_tx(tx, outcomes, claim, self.steps, self._rng)
-        )
+        def body(tx: Tx) -> SettleResult:
+            result = leases.settle_tx(tx, outcomes, claim, self.steps, self._rng)
+            own = sum(1 for channel, _ in tx.notifications if channel == JOBS_CHANNEL)
+            return SettleResult(result.claimed, result.lost, own)
+
+        return await self.db.write(body)
 
     async def claim(self, request: ClaimRequest) -> list[Any]:
         return (await self.settle((), request)).claimed

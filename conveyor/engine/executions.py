@@ -185,10 +185,14 @@ _GRAPHS: OrderedDict[str, Graph] = OrderedDict()
 _GRAPH_CACHE_SIZE = 512
 
 
-def graph_of(execution_id: str, steps_json: list[dict[str, Any]]) -> Graph:
-    """The execution's graph (parsed once per process; executions never change theirs)."""
+def graph_of(conn: Connection, execution_id: str) -> Graph:
+    """The execution's graph (read and parsed once per process: executions never change
+    theirs, and its JSON is the largest part of the row)."""
     graph = _GRAPHS.get(execution_id)
     if graph is None:
+        steps_json = conn.execute(
+            select(executions.c.steps).where(executions.c.id == execution_id)
+        ).scalar_one()
         graph = build_graph([Step.from_json(s) for s in steps_json], max_steps=1_000_000)
         _GRAPHS[execution_id] = graph
         if len(_GRAPHS) > _GRAPH_CACHE_SIZE:
@@ -196,6 +200,10 @@ def graph_of(execution_id: str, steps_json: list[dict[str, Any]]) -> Graph:
     else:
         _GRAPHS.move_to_end(execution_id)
     return graph
+
+
+#: executions known to have left ``queued`` (they never return to it): no UPDATE needed
+_STARTED: OrderedDict[str, None] = OrderedDict()
 
 
 # -- start -------------------------------------------------------------------------------------
@@ -274,9 +282,20 @@ def start_tx(tx: Tx, prepared: PreparedExecution) -> tuple[str, bool]:
 # -- advancing ---------------------------------------------------------------------------------
 
 
+# what advancing needs of an execution (not its input, output or step definitions)
+_STATE = (
+    executions.c.id,
+    executions.c.status,
+    executions.c.mode,
+    executions.c.failure_policy,
+    executions.c.parallelism,
+    executions.c.owner,
+)
+
+
 def _lock(tx: Tx, execution_id: str) -> Any:
     return tx.conn.execute(
-        select(executions).where(executions.c.id == execution_id).with_for_update()
+        select(*_STATE).where(executions.c.id == execution_id).with_for_update()
     ).first()
 
 
@@ -300,7 +319,7 @@ def advance_tx(tx: Tx, changes: list[StepChange]) -> None:
         ex = _lock(tx, execution_id)
         if ex is None:
             continue
-        graph = graph_of(ex.id, ex.steps)
+        graph = graph_of(tx.conn, ex.id)
         group = grouped[execution_id]
         done = Counter(
             dependent
@@ -325,7 +344,13 @@ def advance_tx(tx: Tx, changes: list[StepChange]) -> None:
             elif failed or stopped:
                 _cancel_downstream_tx(tx, ex, graph, failed + stopped)
             promote_ready_tx(tx, ex)
-        refresh_status_tx(tx, ex.id)
+        sinks = set(graph.sinks)
+        routine = status == _E.RUNNING and all(
+            c.status == _J.COMPLETED and c.step_id not in sinks for c in group
+        )
+        # a running execution whose non-final steps complete stays running: nothing to derive
+        if not routine:
+            refresh_status_tx(tx, ex.id)
 
 
 def promote_ready_tx(tx: Tx, ex: Any) -> list[str]:
@@ -477,7 +502,7 @@ def step_counts(conn: Connection, execution_id: str) -> dict[str, int]:
 
 def refresh_status_tx(tx: Tx, execution_id: str) -> None:
     """Derive the execution's status from its steps; write it (and an event) if it moved."""
-    ex = tx.conn.execute(select(executions).where(executions.c.id == execution_id)).one()
+    ex = tx.conn.execute(select(*_STATE).where(executions.c.id == execution_id)).one()
     current = _E(ex.status)
     if current.is_terminal:
         return
@@ -487,7 +512,7 @@ def refresh_status_tx(tx: Tx, execution_id: str) -> None:
         counts.get(s.value, 0) for s in (_J.PENDING, _J.QUEUED, _J.ACTIVE, _J.AWAITING_INPUT)
     )
     if counts.get(_J.COMPLETED.value, 0) == total:
-        graph = graph_of(ex.id, ex.steps)
+        graph = graph_of(tx.conn, ex.id)
         results = tx.conn.execute(
             select(jobs.c.step_id, jobs.c.result).where(
                 jobs.c.execution_id == ex.id, jobs.c.step_id.in_(list(graph.sinks))
@@ -542,14 +567,26 @@ def _set_status_tx(
 
 def mark_started_tx(tx: Tx, execution_ids: set[str]) -> None:
     """A step of these executions was claimed: queued executions are now running."""
+    unknown = sorted(i for i in execution_ids if i not in _STARTED)
+    if not unknown:
+        return
     rows = tx.conn.execute(
         update(executions)
-        .where(executions.c.id.in_(sorted(execution_ids)), executions.c.status == _E.QUEUED.value)
+        .where(executions.c.id.in_(unknown), executions.c.status == _E.QUEUED.value)
         .values(status=_E.RUNNING.value, started_at=db_now())
         .returning(executions.c.id, executions.c.owner)
     ).all()
     for execution_id, owner in rows:
         tx.emit(EventType.EXECUTION_STARTED, owner=owner, execution_id=execution_id)
+    # remembered only after this transaction commits (a rollback must not leave a trace)
+    tx.after_commit(lambda: _remember_started(unknown))
+
+
+def _remember_started(execution_ids: list[str]) -> None:
+    for execution_id in execution_ids:
+        _STARTED[execution_id] = None
+    while len(_STARTED) > 10_000:
+        _STARTED.popitem(last=False)
 
 
 # -- requests from clients ------------------------------------------------------------------
@@ -597,7 +634,7 @@ def retry_tx(tx: Tx, execution_id: str, owner: str | None) -> None:
         select(jobs.c.id, jobs.c.step_id, jobs.c.status).where(jobs.c.execution_id == ex.id)
     ).all()
     completed = {r.step_id for r in rows if r.status == _J.COMPLETED}
-    graph = graph_of(ex.id, ex.steps)
+    graph = graph_of(tx.conn, ex.id)
     rerun = [r for r in rows if r.status in (_J.FAILED, _J.CANCELLED)]
     for r in rerun:
         pending_deps = sum(1 for dep in graph.by_id[r.step_id].depends_on if dep not in completed)

@@ -193,6 +193,8 @@ class ClaimRequest:
 class SettleResult:
     claimed: list[ClaimedJob]
     lost: frozenset[str]  # outcomes refused: the lease was no longer theirs
+    #: wake-up notifications this transaction sent (work it queued itself)
+    queued_here: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import secrets
+import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -26,6 +29,12 @@ log = logging.getLogger("conveyor.store.postgres")
 # deadlock and serialization failures roll the whole transaction back: safe to rerun
 _RETRYABLE_SQLSTATES = {"40001", "40P01"}
 _notify = text("SELECT pg_notify(:channel, :payload)")
+
+
+def _new_origin() -> str:
+    """A tag unique to one Database instance: its listeners skip their own echo, since
+    the instance already dispatched those notifications locally at commit."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def async_url(url: str) -> str:
@@ -57,6 +66,7 @@ class PostgresDatabase(Database):
     ) -> None:
         super().__init__()
         self.url = url
+        self.origin = _new_origin()
         # A black-holed network never answers and server-side timeouts cannot fire for a
         # server that is not reached: every call also has a client-side deadline.
         self._deadline_s = call_deadline_s
@@ -118,7 +128,7 @@ class PostgresDatabase(Database):
         on_notify: Callable[[str, str], None],
         on_reconnect: Callable[[], None] | None = None,
     ) -> Listener | None:
-        return PgListener(self.url, channels, on_notify, on_reconnect)
+        return PgListener(self.url, channels, on_notify, on_reconnect, own_origin=self.origin)
 
     def _write_sync(self, conn: Connection, fn: Callable[[Tx], T]) -> tuple[T, Tx, list[Event]]:
         with conn.begin():
@@ -131,7 +141,7 @@ class PostgresDatabase(Database):
         if faults.active("drop_notify"):
             return
         for channel, payload in sorted(tx.notifications):
-            tx.conn.execute(_notify, {"channel": channel, "payload": payload})
+            tx.conn.execute(_notify, {"channel": channel, "payload": f"{self.origin}|{payload}"})
 
     @staticmethod
     def _translate(exc: DBAPIError) -> Exception:
@@ -157,8 +167,11 @@ class PgListener:
         channels: list[str],
         on_notify: Callable[[str, str], None],
         on_reconnect: Callable[[], None] | None = None,
+        *,
+        own_origin: str = "",
     ) -> None:
         self._url = libpq_url(url)
+        self._own_origin = own_origin
         self._channels = channels
         self._on_notify = on_notify
         self._on_reconnect = on_reconnect
@@ -194,7 +207,9 @@ class PgListener:
                         self._on_reconnect()
                     delay = 0.1
                     async for note in conn.notifies():
-                        self._on_notify(note.channel, note.payload)
+                        origin, _, payload = note.payload.partition("|")
+                        if origin != self._own_origin:
+                            self._on_notify(note.channel, payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any connection trouble: reconnect and re-LISTEN

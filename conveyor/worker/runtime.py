@@ -139,6 +139,7 @@ class Worker:
         self._kick = asyncio.Event()
         self._maybe_work = True
         self._wakeups = 0  # a claim that found nothing must not hide a wake-up meanwhile
+        self._step_finished = False
         self._draining = False
         self._stopped = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -340,6 +341,11 @@ class Worker:
                     await self._wait_kick(linger)
                     continue
                 outcomes, self._outbox = self._outbox, []
+                if self._step_finished:
+                    # a finished step may queue its dependents in this very transaction:
+                    # claim in it too (a chain then costs one commit per step)
+                    self._step_finished = False
+                    self._maybe_work = True
                 want = 0
                 if not self._draining:
                     want = s.concurrency + self._prefetch() - len(self._held)
@@ -374,7 +380,10 @@ class Worker:
                         self._hold(job, sent)
                     self._fill_slots()
                     if want > 0:
-                        if len(result.claimed) < want and self._wakeups == wakeups_before:
+                        # wake-ups from this very transaction (it queued dependents, then
+                        # its claim took what it could) are no news
+                        news = self._wakeups - wakeups_before - result.queued_here
+                        if len(result.claimed) < want and news <= 0:
                             self._maybe_work = False
                             next_poll = time.monotonic() + idle * (0.5 + random.random())
                             idle = min(idle * 2, s.poll_max_s)
@@ -565,6 +574,8 @@ class Worker:
         with self._leases_lock:
             self._leases.pop(job.id, None)
         if outcome is not None:
+            if job.execution_id is not None:
+                self._step_finished = True
             self._post(outcome)
         self._kick.set()
 
