@@ -24,6 +24,7 @@ from conveyor.cli.common import (
 from conveyor.cli.ops import LocalOps, Ops, RemoteOps
 from conveyor.cli.render import (
     costs_table,
+    documents_table,
     executions_table,
     jobs_table,
     queues_table,
@@ -50,6 +51,8 @@ db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 workers_app = typer.Typer(help="Registered workers.", no_args_is_help=True)
 executions_app = typer.Typer(help="Inspect and steer workflow executions.", no_args_is_help=True)
 workflows_app = typer.Typer(help="The app's workflows.", no_args_is_help=True)
+documents_app = typer.Typer(help="Documents steps saved (reports and such).", no_args_is_help=True)
+app.add_typer(documents_app, name="documents")
 app.add_typer(executions_app, name="executions")
 app.add_typer(workflows_app, name="workflows")
 app.add_typer(jobs_app, name="jobs")
@@ -556,6 +559,63 @@ def costs(
         print_json(summary)
         return
     console.print(costs_table(summary, by))
+
+
+# -- documents ---------------------------------------------------------------------------
+
+
+@documents_app.command("list")
+def documents_list(
+    execution: Annotated[
+        str | None, typer.Option(help="Only documents this execution wrote.")
+    ] = None,
+    scope_type: Annotated[str | None, typer.Option(help="Filter by scope type.")] = None,
+    scope_id: Annotated[str | None, typer.Option(help="Filter by scope id.")] = None,
+    doc_type: Annotated[str | None, typer.Option("--type", help="Filter by type.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
+    cursor: Annotated[str | None, typer.Option(help="From a previous page.")] = None,
+    database_url: DatabaseOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Documents, newest first."""
+    settings = settings_from(database_url)
+    filters = {
+        "scope_type": scope_type,
+        "scope_id": scope_id,
+        "type": doc_type,
+        "execution_id": execution,
+    }
+    page = _ops(settings, None, lambda ops: ops.list_documents(filters, limit, cursor))
+    if as_json:
+        print_json(page)
+        return
+    console.print(documents_table(page["items"]))
+    if page["next_cursor"]:
+        console.print(f"next page: --cursor {page['next_cursor']}", style="dim")
+
+
+@documents_app.command("show")
+def documents_show(
+    document_id: str,
+    version: Annotated[
+        int | None, typer.Option(min=1, help="An earlier version (default: the current one).")
+    ] = None,
+    database_url: DatabaseOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a document: text as Markdown, JSON content as JSON."""
+    settings = settings_from(database_url)
+    doc = _ops(settings, None, lambda ops: ops.get_document(document_id, version))
+    if as_json:
+        print_json(doc)
+        return
+    console.print(f"[bold]{doc['title']}[/] (version {doc['version']})", highlight=False)
+    if isinstance(doc["content"], str):
+        from rich.markdown import Markdown
+
+        console.print(Markdown(doc["content"]))
+    else:
+        print_json(doc["content"])
 
 
 # -- db ----------------------------------------------------------------------------------

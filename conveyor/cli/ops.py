@@ -19,11 +19,14 @@ from conveyor.engine.jobs import JobFilters
 from conveyor.engine.requests import execution_spec, job_spec
 from conveyor.engine.views import (
     clarification_json,
+    document_json,
+    document_row_json,
     event_json,
     execution_json,
     job_json,
     queue_json,
     step_json,
+    version_json,
     worker_json,
     workflow_json,
 )
@@ -58,6 +61,8 @@ class Ops(Protocol):
     async def list_clarifications(self, status: str | None) -> list[Json]: ...
     def follow(self, kind: str, ident: str, after: int) -> AsyncIterator[Json]: ...
     async def usage_summary(self, start: str | None, end: str | None) -> Json: ...
+    async def list_documents(self, filters: Json, limit: int, cursor: str | None) -> Json: ...
+    async def get_document(self, document_id: str, version: int | None) -> Json: ...
 
 
 POLL_S = 0.2
@@ -176,6 +181,27 @@ class LocalOps:
         return await self.engine.telemetry_summary(
             owner=self._scope, start=_timestamp(start), end=_timestamp(end)
         )
+
+    async def list_documents(self, filters: Json, limit: int, cursor: str | None) -> Json:
+        page = await self.engine.list_documents(
+            owner=self._scope,
+            scope_type=filters.get("scope_type"),
+            scope_id=filters.get("scope_id"),
+            type_=filters.get("type"),
+            execution_id=filters.get("execution_id"),
+            limit=limit,
+            cursor=cursor,
+        )
+        return {
+            "items": [document_row_json(r) for r in page.items],
+            "next_cursor": page.next_cursor,
+        }
+
+    async def get_document(self, document_id: str, version: int | None) -> Json:
+        if version is None:
+            return document_json(await self.engine.get_document(document_id, owner=self._scope))
+        found = await self.engine.document_version(document_id, version, owner=self._scope)
+        return version_json(found)
 
     async def follow(self, kind: str, ident: str, after: int) -> AsyncIterator[Json]:
         """Events after ``after`` until the terminal one, read from the table (by id, so
@@ -306,6 +332,18 @@ class RemoteOps:
 
     async def usage_summary(self, start: str | None, end: str | None) -> Json:
         result: Json = await self.client.usage(start=start, end=end)
+        return result
+
+    async def list_documents(self, filters: Json, limit: int, cursor: str | None) -> Json:
+        active = {k: v for k, v in filters.items() if v is not None}
+        result: Json = await self.client.documents(limit=limit, cursor=cursor, **active)
+        return result
+
+    async def get_document(self, document_id: str, version: int | None) -> Json:
+        if version is None:
+            result: Json = await self.client.document(document_id)
+        else:
+            result = await self.client.document_version(document_id, version)
         return result
 
 

@@ -185,3 +185,17 @@ def costs_table(summary: dict[str, Any], by: str) -> Table:
         style="bold",
     )
     return table
+
+
+def documents_table(items: list[dict[str, Any]]) -> Table:
+    table = Table("id", "type", "title", "scope", "version", "updated")
+    for item in items:
+        table.add_row(
+            item["id"],
+            item["type"],
+            item["title"],
+            f"{item['scope_type']}:{item['scope_id']}",
+            str(item["version"]),
+            short_time(item.get("updated_at")),
+        )
+    return table

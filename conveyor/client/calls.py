@@ -165,6 +165,10 @@ def get_document(document_id: str) -> Call:
     return Call("GET", f"{PREFIX}/documents/{document_id}")
 
 
+def get_document_version(document_id: str, version: int) -> Call:
+    return Call("GET", f"{PREFIX}/documents/{document_id}/versions/{version}")
+
+
 def list_documents(filters: Json, limit: int, cursor: str | None) -> Call:
     return Call("GET", f"{PREFIX}/documents", params=_params(**filters, limit=limit, cursor=cursor))
 

@@ -123,6 +123,10 @@ class Methods(Generic[R]):
     def document(self, document_id: str) -> R:
         return self._send(calls.get_document(document_id))
 
+    def document_version(self, document_id: str, version: int) -> R:
+        """One version of a document, with who or which step made it."""
+        return self._send(calls.get_document_version(document_id, version))
+
     def documents(self, *, limit: int = 20, cursor: str | None = None, **filters: Any) -> R:
         """Documents, newest first; filters: scope_type, scope_id, type."""
         return self._send(calls.list_documents(filters, limit, cursor))

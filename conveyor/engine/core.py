@@ -510,9 +510,11 @@ class Engine:
         scope_type: str | None = None,
         scope_id: str | None = None,
         type_: str | None = None,
+        execution_id: str | None = None,
         limit: int = 20,
         cursor: str | None = None,
     ) -> Page:
+        """Documents, newest first; ``execution_id`` keeps those that execution wrote."""
         rows, next_cursor = await self.db.read(
             lambda c: docs_mod.list_documents(
                 c,
@@ -522,6 +524,7 @@ class Engine:
                 type_=type_,
                 limit=limit,
                 cursor=cursor,
+                execution_id=execution_id,
             )
         )
         return Page(rows, next_cursor)

@@ -318,11 +318,17 @@ def list_documents(
     type_: str | None,
     limit: int,
     cursor: str | None,
+    execution_id: str | None = None,
 ) -> tuple[list[Any], str | None]:
     check_limit(limit)
     stmt = select(documents)
     if owner is not None:
         stmt = stmt.where(documents.c.owner == owner)
+    if execution_id is not None:
+        wrote = select(document_versions.c.document_id).where(
+            document_versions.c.execution_id == execution_id
+        )
+        stmt = stmt.where(documents.c.id.in_(wrote))
     for column, value in (("scope_type", scope_type), ("scope_id", scope_id), ("type", type_)):
         if value is not None:
             stmt = stmt.where(documents.c[column] == value)

@@ -7,6 +7,7 @@ from typing import Any
 
 from conveyor.domain.events import Event
 from conveyor.domain.graph import WorkflowSpec
+from conveyor.engine.documents import Document, DocumentVersion
 from conveyor.engine.models import (
     Clarification,
     Execution,
@@ -186,3 +187,40 @@ def workflow_json(spec: WorkflowSpec) -> dict[str, Any]:
             {"id": s.id, "task": s.task, "depends_on": list(s.depends_on)} for s in spec.graph.steps
         ],
     }
+
+
+def document_json(doc: Document) -> dict[str, Any]:
+    return {
+        "id": doc.id,
+        "type": doc.type,
+        "title": doc.title,
+        "scope_type": doc.scope_type,
+        "scope_id": doc.scope_id,
+        "version": doc.version,
+        "content": doc.content,
+        "content_type": doc.content_type,
+        "owner": doc.owner,
+        "execution_id": doc.execution_id,
+        "created_at": _iso(doc.created_at),
+        "updated_at": _iso(doc.updated_at),
+    }
+
+
+def version_json(v: DocumentVersion) -> dict[str, Any]:
+    return {
+        "document_id": v.document_id,
+        "version": v.version,
+        "title": v.title,
+        "content": v.content,
+        "content_type": v.content_type,
+        "created_by": v.created_by,
+        "job_id": v.job_id,
+        "execution_id": v.execution_id,
+        "step_id": v.step_id,
+        "created_at": _iso(v.created_at),
+    }
+
+
+def document_row_json(row: Any) -> dict[str, Any]:
+    """A row of the documents table, as listings show it."""
+    return {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in row._mapping.items()}

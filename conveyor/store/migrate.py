@@ -18,7 +18,7 @@ from conveyor.errors import StoreUnavailableError
 from conveyor.store.url import sync_url
 
 #: the newest revision in ``migrations/versions``
-HEAD = "0006"
+HEAD = "0007"
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

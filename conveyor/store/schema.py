@@ -300,6 +300,8 @@ document_versions = Table(
         sqlite_where=text("job_id IS NOT NULL"),
         postgresql_where=text("job_id IS NOT NULL"),
     ),
+    # "the documents this execution wrote" (a document may be shared by many executions)
+    Index("ix_document_versions_execution", "execution_id"),
 )
 
 usage = Table(

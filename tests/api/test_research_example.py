@@ -8,6 +8,7 @@ makes one LLM call; ``synthesis`` saves the report as a versioned document.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -18,6 +19,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
+from conveyor.domain.ids import new_id
 from conveyor.llm.prices import BUILTIN_PRICES
 from tests.api.conftest import (
     ADMIN_PASSWORD,
@@ -369,3 +371,77 @@ def test_report_edits_need_the_current_version(server: Server) -> None:
     _, other_token = server.new_user()
     with api(server, other_token) as other:
         problem(other.put(doc_url, json={"content": "mine"}, headers={"If-Match": '"3"'}), 404)
+
+
+def cli(*args: str, remote: tuple[str, str] | None = None, database_url: str | None = None) -> str:
+    """``conveyor ARGS`` through the server (``remote`` = (url, token)) or on the database;
+    the output, after checking it exited 0 without a traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    if database_url is not None:
+        env["CONVEYOR_DATABASE_URL"] = database_url
+    prefix = [] if remote is None else ["--server", remote[0], "--token", remote[1]]
+    done = subprocess.run(
+        [CONVEYOR, *prefix, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    where = f"conveyor {' '.join(args)}"
+    assert done.returncode == 0, f"{where} -> {done.returncode}\n{done.stdout}\n{done.stderr}"
+    assert "Traceback" not in done.stderr, f"{where}:\n{done.stderr}"
+    return done.stdout
+
+
+def test_readme_quick_start_through_the_cli(server: Server) -> None:
+    """The README's research quick start, command by command: start a vague question,
+    answer the clarification, read the report and its cost."""
+    _, token = server.new_user()
+    remote = (server.base, token)
+    started = json.loads(
+        cli(
+            "run",
+            "research",
+            "--input",
+            json.dumps({"question": VAGUE_QUESTION}),
+            "--json",
+            remote=remote,
+        )
+    )
+    eid = started["id"]
+    with api(server, token) as client:
+        wait_json(client, f"{API}/executions/{eid}", status_is("awaiting_input"), timeout=30)
+    pending = json.loads(cli("clarifications", "--json", remote=remote))
+    assert [(c["execution_id"], c["step_id"]) for c in pending] == [(eid, "refine_question")]
+    answers = json.dumps({"focus": FOCUS, "audience": "general"})
+    cli("answer", eid, "refine_question", "--answers", answers, remote=remote)
+    with api(server, token) as client:
+        done = run_to_end(client, eid)
+
+    listed = json.loads(cli("documents", "list", "--execution", eid, "--json", remote=remote))
+    (report,) = listed["items"]
+    assert report["type"] == "report" and report["title"] == f"Research brief: {VAGUE_QUESTION}"
+    shown = cli("documents", "show", report["id"], remote=remote)
+    assert f"Research brief: {VAGUE_QUESTION} (version 1)" in shown
+    assert "Findings" in shown and "References" in shown
+    current = json.loads(cli("documents", "show", report["id"], "--json", remote=remote))
+    first = json.loads(
+        cli("documents", "show", report["id"], "--version", "1", "--json", remote=remote)
+    )
+    assert first["content"] == current["content"] and first["step_id"] == "synthesis"
+    unknown = cli("documents", "list", "--execution", new_id(), "--json", remote=remote)
+    assert json.loads(unknown)["items"] == []
+
+    costs = json.loads(cli("costs", "--json", remote=remote))
+    assert costs["calls"] == 1
+    assert costs["cost_usd"] == pytest.approx(done["cost_usd"], abs=1e-9)
+    table = cli("costs", "--by", "model", remote=remote)
+    assert "fake-1" in table
+
+    # the same reads straight from the database (the operator's view: every owner)
+    local = json.loads(
+        cli("documents", "list", "--execution", eid, "--json", database_url=server.database_url)
+    )
+    assert [d["id"] for d in local["items"]] == [report["id"]]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response
@@ -20,46 +19,10 @@ from conveyor.api.schemas import (
     VersionSummary,
     WorkflowStats,
 )
-from conveyor.engine.documents import Document, DocumentVersion
+from conveyor.engine.views import document_json, document_row_json, version_json
 
 documents = APIRouter(prefix="/documents", tags=["documents"])
 telemetry = APIRouter(prefix="/telemetry", tags=["telemetry"])
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def document_json(doc: Document) -> dict[str, Any]:
-    return {
-        "id": doc.id,
-        "type": doc.type,
-        "title": doc.title,
-        "scope_type": doc.scope_type,
-        "scope_id": doc.scope_id,
-        "version": doc.version,
-        "content": doc.content,
-        "content_type": doc.content_type,
-        "owner": doc.owner,
-        "execution_id": doc.execution_id,
-        "created_at": _iso(doc.created_at),
-        "updated_at": _iso(doc.updated_at),
-    }
-
-
-def version_json(v: DocumentVersion) -> dict[str, Any]:
-    return {
-        "document_id": v.document_id,
-        "version": v.version,
-        "title": v.title,
-        "content": v.content,
-        "content_type": v.content_type,
-        "created_by": v.created_by,
-        "job_id": v.job_id,
-        "execution_id": v.execution_id,
-        "step_id": v.step_id,
-        "created_at": _iso(v.created_at),
-    }
 
 
 def _etag(version: int) -> str:
@@ -73,23 +36,21 @@ async def list_documents(
     scope_type: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
     scope_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     type: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
+    execution_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     limit: Limit = 20,
     cursor: Cursor = None,
 ) -> dict[str, Any]:
-    """Documents (newest first), by scope and type."""
+    """Documents (newest first), by scope and type, or those an execution wrote."""
     page = await engine.list_documents(
         owner=caller.scope,
         scope_type=scope_type,
         scope_id=scope_id,
         type_=type,
+        execution_id=execution_id,
         limit=limit,
         cursor=cursor,
     )
-    items = [
-        {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in row._mapping.items()}
-        for row in page.items
-    ]
-    return {"items": items, "next_cursor": page.next_cursor}
+    return {"items": [document_row_json(r) for r in page.items], "next_cursor": page.next_cursor}
 
 
 @documents.get(
