@@ -1,0 +1,51 @@
+"""List pages' shared parts: filter values from the query string and page links."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, date, datetime, time, timedelta
+from urllib.parse import urlencode
+
+from conveyor.errors import InvalidInputError
+
+PAGE_SIZE = 25
+
+
+def choice(value: str | None, allowed: Iterable[str]) -> str | None:
+    """``value`` if it is one of ``allowed``; empty means no filter."""
+    if not value:
+        return None
+    if value not in set(allowed):
+        raise InvalidInputError(f"unknown filter value {value!r}")
+    return value
+
+
+def text(value: str | None) -> str | None:
+    """A free-text filter (trimmed; empty means no filter)."""
+    value = (value or "").strip()
+    return value or None
+
+
+def day_start(value: str | None) -> datetime | None:
+    """``2026-01-31`` as the first instant of that UTC day."""
+    if not value:
+        return None
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise InvalidInputError("dates are YYYY-MM-DD") from None
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+def day_end(value: str | None) -> datetime | None:
+    """``2026-01-31`` as the first instant after that UTC day (an inclusive "to")."""
+    start = day_start(value)
+    return None if start is None else start + timedelta(days=1)
+
+
+def page_url(path: str, filters: Mapping[str, str | None], cursor: str | None = None) -> str:
+    """The URL of a list page with the same filters (and ``cursor`` for the next page)."""
+    query = {k: v for k, v in filters.items() if v}
+    if cursor:
+        query["cursor"] = cursor
+    return f"{path}?{urlencode(query)}" if query else path
