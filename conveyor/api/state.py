@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from conveyor.api.frames import SseFrames
 from conveyor.app import Conveyor
 from conveyor.auth.tickets import StreamTickets
 from conveyor.auth.users import Accounts
@@ -25,3 +26,4 @@ class ApiState:
     tickets: StreamTickets
     workers: list[Any] = field(default_factory=list)
     metrics: Any = None
+    sse_frames: SseFrames = field(default_factory=SseFrames)

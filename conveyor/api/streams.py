@@ -12,14 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import Request, WebSocket, WebSocketDisconnect
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
 from starlette.background import BackgroundTask
+from starlette.types import Receive, Scope, Send
 
 from conveyor.api.state import ApiState
 from conveyor.auth.principal import Principal
@@ -28,6 +32,7 @@ from conveyor.engine.views import event_json
 from conveyor.errors import AuthenticationError, ConveyorError, InvalidInputError
 from conveyor.events.stream import Finished, follow, open_subscription
 
+log = logging.getLogger("conveyor.api.streams")
 SSE_MEDIA = "text/event-stream"
 RETRY_MS = 2000
 #: the dashboard's session cookie (HttpOnly, SameSite=Strict): the JWT issued at sign-in
@@ -89,6 +94,23 @@ def last_event_id(request: Request, query_value: int | None) -> int:
     return query_value or 0
 
 
+def credentials_check(state: ApiState, token: str | None) -> Callable[[], Awaitable[bool]]:
+    """Whether a stream's caller may still read: a user disabled or deleted meanwhile
+    loses the stream at the next re-check (a ticket's owner was checked when it was
+    redeemed, and the ticket's stream is short-lived)."""
+
+    async def still_allowed() -> bool:
+        if token is None:
+            return True
+        try:
+            await state.accounts.principal(token)
+        except ConveyorError:
+            return False
+        return True
+
+    return still_allowed
+
+
 def sse_response(
     state: ApiState,
     key: str,
@@ -98,19 +120,11 @@ def sse_response(
     finished: Finished | None = None,
 ) -> EventSourceResponse:
     subscription = open_subscription(state.hub, key, quota_owner=caller.owner_id)
+    still_allowed = credentials_check(state, caller.token)
 
-    async def still_allowed() -> bool:
-        if caller.token is None:
-            return True
-        try:
-            await state.accounts.principal(caller.token)
-        except ConveyorError:
-            return False  # disabled or deleted meanwhile: the stream ends
-        return True
-
-    async def frames() -> AsyncIterator[ServerSentEvent]:
+    async def frames() -> AsyncIterator[ServerSentEvent | bytes]:
         yield ServerSentEvent(comment="conveyor event stream", retry=RETRY_MS)
-        async for event in follow(
+        async for batch in follow(
             state.hub,
             key,
             subscription,
@@ -121,13 +135,9 @@ def sse_response(
             still_allowed=still_allowed,
             recheck_s=state.settings.stream_recheck_s,
         ):
-            yield ServerSentEvent(
-                data=json.dumps(event_json(event), separators=(",", ":")),
-                event=event.type,
-                id=str(event.id),
-            )
+            yield state.sse_frames.frames(batch)
 
-    return EventSourceResponse(
+    return _EventStream(
         frames(),
         ping=15,
         send_timeout=state.settings.stream_send_timeout_s,
@@ -137,12 +147,29 @@ def sse_response(
     )
 
 
+class _EventStream(EventSourceResponse):
+    """An SSE response whose client may stop reading: after ``send_timeout`` it is cut
+    off (it resumes with ``Last-Event-ID``). That is routine, not a server error."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            log.info("cut off an SSE client that stopped reading")
+        except BaseExceptionGroup as group:
+            _, rest = group.split(SendTimeoutError)
+            if rest is not None:
+                raise rest from None
+            log.info("cut off an SSE client that stopped reading")
+
+
 # -- WebSocket -------------------------------------------------------------------------------
 
 
 async def websocket_session(websocket: WebSocket, state: ApiState) -> None:
-    """``{"token": ...}`` first; then ``{"subscribe": "execution:<id>", "after": n}`` and
-    ``{"unsubscribe": ...}``; event frames carry their ``subscription``."""
+    """``{"token": ...}`` first (or the dashboard's session cookie from a same-origin
+    page); then ``{"subscribe": "execution:<id>", "after": n}`` and ``{"unsubscribe":
+    ...}``; event frames carry their ``subscription``."""
     await websocket.accept()
     send_lock = asyncio.Lock()
 
@@ -151,10 +178,12 @@ async def websocket_session(websocket: WebSocket, state: ApiState) -> None:
             await websocket.send_text(json.dumps(payload, separators=(",", ":")))
 
     try:
-        first = await asyncio.wait_for(websocket.receive_json(), 10)
-        token = first.get("token") if isinstance(first, dict) else None
-        if not isinstance(token, str):
-            raise AuthenticationError('the first message must be {"token": "..."}')
+        token = _same_origin_cookie(websocket)
+        if token is None:
+            first = await asyncio.wait_for(websocket.receive_json(), 10)
+            token = first.get("token") if isinstance(first, dict) else None
+            if not isinstance(token, str):
+                raise AuthenticationError('the first message must be {"token": "..."}')
         principal = await state.accounts.principal(token)
         expires_at = state.accounts.tokens.verify(token).expires_at
     except (TimeoutError, ConveyorError, ValueError, WebSocketDisconnect) as exc:
@@ -166,6 +195,12 @@ async def websocket_session(websocket: WebSocket, state: ApiState) -> None:
     lifetime = min(state.settings.stream_max_lifetime_s, expires_at - time.time())
     await send({"type": "welcome", "user": principal.username})
     tasks: dict[str, asyncio.Task[None]] = {}
+    still_allowed = credentials_check(state, token)
+
+    async def revoked() -> None:
+        with contextlib.suppress(Exception):
+            await websocket.close(code=4401, reason="credentials revoked")
+
     try:
         async with asyncio.timeout(max(lifetime, 0)):
             while True:
@@ -199,7 +234,18 @@ async def websocket_session(websocket: WebSocket, state: ApiState) -> None:
                         )
                         continue
                     tasks[key] = asyncio.create_task(
-                        _pump(state, key, replay, after, principal, owner_filter, lifetime, send)
+                        _pump(
+                            state,
+                            key,
+                            replay,
+                            after,
+                            principal,
+                            owner_filter,
+                            lifetime,
+                            send,
+                            still_allowed,
+                            revoked,
+                        )
                     )
                     await send({"type": "subscribed", "subscription": key})
                 elif "unsubscribe" in message:
@@ -218,6 +264,21 @@ async def websocket_session(websocket: WebSocket, state: ApiState) -> None:
         for task in tasks.values():
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+
+def _same_origin_cookie(websocket: WebSocket) -> str | None:
+    """The dashboard's session cookie, if this handshake came from the server's own
+    pages. SameSite=Strict keeps the cookie off cross-site handshakes, not off other
+    origins of the same site: the Origin must name this host, else the token message
+    is required as for any other client."""
+    cookie = websocket.cookies.get(SESSION_COOKIE, "").strip()
+    origin = websocket.headers.get("origin")
+    if not cookie or origin is None:
+        return None
+    host = websocket.headers.get("host", "")
+    if urlsplit(origin).netloc != host:
+        return None
+    return cookie
 
 
 async def _authorize(state: ApiState, principal: Principal, key: str) -> tuple[Replay, str | None]:
@@ -255,17 +316,33 @@ async def _pump(
     owner_filter: str | None,
     lifetime: float,
     send: Callable[[dict[str, Any]], Awaitable[None]],
+    still_allowed: Callable[[], Awaitable[bool]],
+    revoked: Callable[[], Awaitable[None]],
 ) -> None:
     last = after
     try:
         subscription = open_subscription(
             state.hub, key, quota_owner=principal.id, owner_filter=owner_filter
         )
-        async for event in follow(
-            state.hub, key, subscription, replay=replay, after=after, lifetime_s=lifetime
+        async for batch in follow(
+            state.hub,
+            key,
+            subscription,
+            replay=replay,
+            after=after,
+            lifetime_s=lifetime,
+            still_allowed=still_allowed,
+            recheck_s=state.settings.stream_recheck_s,
         ):
-            last = event.id
-            await send({"subscription": key, **event_json(event)})
+            for event in batch:
+                last = event.id
+                await send({"subscription": key, **event_json(event)})
+        if not await still_allowed():
+            # the whole session goes: its other subscriptions were authorised by the
+            # same credentials
+            await send({"error": {"status": 401, "subscription": key, "detail": "revoked"}})
+            await revoked()
+            return
         await send({"type": "ended", "subscription": key, "last_event_id": last})
     except ConveyorError as exc:
         await send({"error": {"status": 429, "subscription": key, "detail": exc.message}})

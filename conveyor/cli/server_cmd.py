@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import socket
 from typing import Annotated
 
 import typer
@@ -53,7 +55,7 @@ def serve(
         f"{workers} embedded worker slot(s); API docs at /docs)",
         highlight=False,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         api,
         host=host,
         port=port,
@@ -62,6 +64,28 @@ def serve(
         timeout_graceful_shutdown=int(settings.drain_timeout_s) + 5,
         server_header=False,
     )
+    listener = config.bind_socket()
+    abort_stalled_peers(listener, settings.stream_send_timeout_s)
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[listener])
+    if not server.started:
+        raise typer.Exit(3)  # uvicorn's "startup failed"
+
+
+def abort_stalled_peers(listener: socket.socket, timeout_s: float) -> None:
+    """Have the kernel abort a connection whose peer takes no data for ``timeout_s``.
+
+    A stream's send timeout ends the stream, but the ASGI server then closes the
+    connection gracefully: it keeps the unsent bytes and the socket until the peer reads
+    them, that is forever for a client that stopped reading. ``TCP_USER_TIMEOUT`` (set
+    on the listener, inherited by every accepted connection) also covers data held back
+    by a zero window, so such a connection is reset instead of lingering.
+    """
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is None or listener.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # not Linux, or a Unix socket
+    listener.setsockopt(socket.IPPROTO_TCP, option, max(1, round(timeout_s * 1000)))
 
 
 async def _accounts(database_url: str | None) -> tuple[Runtime, Accounts]:

@@ -21,7 +21,8 @@ from conveyor.engine.sealing import masked
 
 
 def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
+    # the same spelling as the JSON pages (pydantic writes UTC as "Z")
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
 def public_error(error: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -77,10 +77,21 @@ class Subscription:
         """The next event, or ``None`` after ``timeout`` seconds or once cut off."""
         if self.overflowed:
             return None
+        if not self.queue.empty():
+            return self.queue.get_nowait()
         try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
+            # asyncio.timeout, unlike wait_for on 3.11, does not start a task per call
+            async with asyncio.timeout(timeout):
+                return await self.queue.get()
         except TimeoutError:
             return None
+
+    def ready(self, limit: int) -> list[Event]:
+        """Up to ``limit`` events already queued, without waiting."""
+        found: list[Event] = []
+        while len(found) < limit and not self.queue.empty():
+            found.append(self.queue.get_nowait())
+        return found
 
 
 class EventHub:

@@ -13,6 +13,8 @@ Replay = Callable[[int, int], Awaitable[list[Event]]]
 Finished = Callable[[], Awaitable[bool]]
 Allowed = Callable[[], Awaitable[bool]]
 REPLAY_PAGE = 500
+#: at most this many queued events go out in one write
+LIVE_BATCH = 64
 RECHECK_S = 30.0
 
 
@@ -44,9 +46,10 @@ async def follow(
     finished: Finished | None = None,
     still_allowed: Allowed | None = None,
     recheck_s: float = RECHECK_S,
-) -> AsyncIterator[Event]:
+) -> AsyncIterator[list[Event]]:
     """Every event of ``key`` with an id above ``after``, then live ones, until the
-    terminal event, the stream's lifetime ends, or the consumer falls too far behind.
+    terminal event, the stream's lifetime ends, or the consumer falls too far behind;
+    in batches (never empty) of what is at hand, so a busy stream writes less often.
 
     The subscription was opened before the history is read, and ids already sent are
     skipped, so nothing committed meanwhile is missed or sent twice. A client resuming
@@ -57,23 +60,35 @@ async def follow(
     deadline = time.monotonic() + lifetime_s
     next_check = time.monotonic() + recheck_s
     sent = after
+
+    def fresh(found: list[Event]) -> tuple[list[Event], bool]:
+        """The events above ``sent``, up to and including a terminal one."""
+        nonlocal sent
+        batch: list[Event] = []
+        for event in found:
+            if event.id <= sent:
+                continue
+            sent = event.id
+            batch.append(event)
+            if is_terminal(event):
+                return batch, True
+        return batch, False
+
     try:
         while True:
             page = await replay(sent, REPLAY_PAGE)
-            for event in page:
-                sent = event.id
-                yield event
-                if is_terminal(event):
-                    return
+            batch, over = fresh(page)
+            if batch:
+                yield batch
+            if over:
+                return
             if len(page) < REPLAY_PAGE:
                 break
         if finished is not None and await finished():
             # over before the resume point: only what is already queued may be newer
-            while not subscription.queue.empty():
-                late = subscription.queue.get_nowait()
-                if late.id > sent:
-                    sent = late.id
-                    yield late
+            batch, _ = fresh(subscription.ready(subscription.capacity))
+            if batch:
+                yield batch
             return
         while True:
             now = time.monotonic()
@@ -87,11 +102,12 @@ async def follow(
             live = await subscription.next(min(remaining, recheck_s))
             if subscription.overflowed:
                 return  # too far behind: the client resumes from its last id
-            if live is None or live.id <= sent:
+            if live is None:
                 continue
-            sent = live.id
-            yield live
-            if is_terminal(live):
+            batch, over = fresh([live, *subscription.ready(LIVE_BATCH - 1)])
+            if batch:
+                yield batch
+            if over:
                 return
             await asyncio.sleep(0)
     finally:
