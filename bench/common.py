@@ -14,6 +14,7 @@ import queue
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
@@ -21,7 +22,7 @@ from multiprocessing.queues import Queue as MpQueue
 from multiprocessing.synchronize import Event as MpEvent
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import Connection, create_engine, func, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 
 from conveyor.app import Conveyor
@@ -157,6 +158,72 @@ def count_writes(db: Database, stats: WriteStats) -> Database:
 
     db.write = write  # type: ignore[method-assign]
     return db
+
+
+# -- counting SQL statements -----------------------------------------------------------------
+
+
+@dataclass
+class StatementStats:
+    """SQL statements sent through one :class:`Database` (each one a round trip on
+    PostgreSQL; an ``executemany`` counts once), plus transactions and pool checkouts."""
+
+    statements: int = 0
+    commits: int = 0
+    checkouts: int = 0
+    by_statement: Counter[str] = field(default_factory=Counter)
+
+    def reset(self) -> None:
+        self.statements = self.commits = self.checkouts = 0
+        self.by_statement.clear()
+
+    def top(self, n: int = 15) -> list[tuple[str, int]]:
+        return self.by_statement.most_common(n)
+
+
+def _sync_engine(db: Database) -> Engine:
+    """The SQLAlchemy engine behind a database (the asyncio engine's sync facade)."""
+    found = getattr(db, "engine", None) or getattr(db, "_engine", None)
+    sync = getattr(found, "sync_engine", found)
+    if not isinstance(sync, Engine):
+        raise TypeError(f"cannot find the SQLAlchemy engine of {type(db).__name__}")
+    return sync
+
+
+def _statement_key(statement: str) -> str:
+    """A statement shortened to what tells it apart (long IN lists folded)."""
+    words = " ".join(statement.split())
+    return words if len(words) <= 110 else f"{words[:107]}..."
+
+
+def count_statements(db: Database, stats: StatementStats) -> Callable[[], None]:
+    """Count the statements, commits and pool checkouts of ``db`` (SQLAlchemy events on
+    its engine: nothing in the product changes). Returns a function that stops counting.
+    """
+    engine = _sync_engine(db)
+
+    def on_execute(
+        _conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool
+    ) -> None:
+        stats.statements += 1
+        stats.by_statement[_statement_key(statement)] += 1
+
+    def on_commit(_conn: Any) -> None:
+        stats.commits += 1
+
+    def on_checkout(_dbapi: Any, _record: Any, _proxy: Any) -> None:
+        stats.checkouts += 1
+
+    event.listen(engine, "before_cursor_execute", on_execute)
+    event.listen(engine, "commit", on_commit)
+    event.listen(engine.pool, "checkout", on_checkout)
+
+    def stop() -> None:
+        event.remove(engine, "before_cursor_execute", on_execute)
+        event.remove(engine, "commit", on_commit)
+        event.remove(engine.pool, "checkout", on_checkout)
+
+    return stop
 
 
 # -- workers --------------------------------------------------------------------------------
