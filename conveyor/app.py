@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -179,3 +179,9 @@ class Conveyor:
         if definition is None:
             raise UnknownTaskError(f"unknown task {name!r}")
         definition.validate_input(data)
+
+    def validate_step_input(self, name: str, data: dict[str, Any], later: Collection[str]) -> None:
+        definition = self.tasks.get(name)
+        if definition is None:
+            raise UnknownTaskError(f"unknown task {name!r}")
+        definition.validate_step_input(data, later)

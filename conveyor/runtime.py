@@ -108,7 +108,12 @@ class Runtime:
     def _open_db(self) -> Database:
         s = self.settings
         return open_database(
-            s.database_url, sqlite_synchronous=s.sqlite_synchronous, pool_size=s.pool_size
+            s.database_url,
+            sqlite_synchronous=s.sqlite_synchronous,
+            pool_size=s.pool_size,
+            call_deadline_s=s.db_call_deadline_s,
+            statement_timeout_s=s.db_statement_timeout_s,
+            connect_timeout_s=s.db_connect_timeout_s,
         )
 
     @property

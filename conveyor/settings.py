@@ -21,6 +21,15 @@ class Settings(BaseSettings):
 
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     pool_size: int = Field(default=10, ge=1, le=200)
+    db_call_deadline_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="client-side deadline of every PostgreSQL call (a black-holed network "
+        "never answers, and server-side timeouts cannot fire for a server not reached)",
+    )
+    db_statement_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    db_connect_timeout_s: float = Field(default=5.0, ge=1, le=600)
 
     lease_ttl_s: float = Field(default=30.0, gt=0.5, le=3600)
     heartbeat_interval_s: float = Field(default=2.0, gt=0.05, le=600)

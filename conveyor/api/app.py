@@ -16,7 +16,7 @@ from sqlalchemy import text
 from conveyor.api import errors
 from conveyor.api.errors import problem
 from conveyor.api.metrics import CONTENT_TYPE, Metrics
-from conveyor.api.middleware import AccessLog, BodyLimit, SecurityHeaders
+from conveyor.api.middleware import AccessLog, BodyLimit, NulGuard, SecurityHeaders
 from conveyor.api.openapi import build_openapi
 from conveyor.api.routers import auth, documents, executions, jobs, system
 from conveyor.api.routers import streams as streams_router
@@ -26,6 +26,8 @@ from conveyor.app import Conveyor
 from conveyor.auth.tickets import StreamTickets
 from conveyor.auth.tokens import TokenPolicy, TokenService
 from conveyor.auth.users import Accounts, LoginLimiter
+from conveyor.dashboard import STATIC_PATH, static_files
+from conveyor.dashboard import router as dashboard_router
 from conveyor.errors import ConveyorError
 from conveyor.events.hub import EventHub
 from conveyor.runtime import Runtime
@@ -59,20 +61,20 @@ async def token_service(settings: Settings, runtime: Runtime) -> TokenService:
         max_lifetime_s=settings.token_max_lifetime_s,
         leeway_s=settings.jwt_leeway_s,
     )
-    if settings.jwt_algorithm == "HS256":
-        secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
-        if secret is None:
-            log.warning(
-                "no CONVEYOR_JWT_SECRET set: using a secret generated once and kept in the "
-                "database (set one for production)"
-            )
-            secret = await shared_secret(runtime.engine.db, "jwt_hs256")
-        return TokenService(policy, secret=secret)
+    # Every configured key material goes to TokenService, which refuses a mix of HMAC and
+    # public-key settings: silently ignoring one of them would hide a misconfiguration.
+    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+    private_key = settings.jwt_private_key.get_secret_value() if settings.jwt_private_key else None
+    if settings.jwt_algorithm == "HS256" and secret is None:
+        log.warning(
+            "no CONVEYOR_JWT_SECRET set: using a secret generated once and kept in the "
+            "database (set one for production)"
+        )
+        secret = await shared_secret(runtime.engine.db, "jwt_hs256")
     return TokenService(
         policy,
-        private_key=(
-            settings.jwt_private_key.get_secret_value() if settings.jwt_private_key else None
-        ),
+        secret=secret,
+        private_key=private_key,
         public_key=settings.jwt_public_key,
         jwks=settings.jwt_jwks,
     )
@@ -170,6 +172,9 @@ def create_app(
         system.health,
     ):
         api.include_router(router, prefix=API_PREFIX)
+    # the web dashboard: HTML pages at / (outside the OpenAPI document), static files
+    api.include_router(dashboard_router)
+    api.mount(STATIC_PATH, static_files(), name="dashboard-static")
 
     @api.get("/healthz", tags=["health"], summary="The process is alive")
     async def healthz() -> dict[str, str]:
@@ -214,7 +219,6 @@ def create_app(
     api.openapi = openapi  # type: ignore[method-assign]
 
     api.add_middleware(AccessLog, metrics=metrics)
-    api.add_middleware(SecurityHeaders)
     if settings.cors_origins:
         api.add_middleware(
             CORSMiddleware,
@@ -223,4 +227,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "If-Match"],
         )
     api.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    api.add_middleware(NulGuard)
+    # outermost, so the answers of the middleware above carry the headers too
+    api.add_middleware(SecurityHeaders)
     return api

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from conveyor.api.middleware import SecurityHeaders
 from conveyor.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -194,4 +195,6 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return problem(500, "an unexpected error occurred; it has been logged")
+        # this handler runs in Starlette's outermost middleware, outside SecurityHeaders
+        headers = {k.decode(): v.decode() for k, v in SecurityHeaders.HEADERS}
+        return problem(500, "an unexpected error occurred; it has been logged", headers=headers)

@@ -1,4 +1,4 @@
-"""ASGI middleware: body size cap, security headers, access log without secrets."""
+"""ASGI middleware: body size cap, NUL guard, security headers, access log without secrets."""
 
 from __future__ import annotations
 
@@ -99,6 +99,38 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class NulGuard:
+    """Answers 422 to a path or query string holding a NUL character: no filter or id
+    can contain one, and PostgreSQL refuses it in text (a 500 if it got that far)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            query = scope.get("query_string", b"")
+            if "\x00" in scope.get("path", "") or b"%00" in query or b"\x00" in query:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                body = _problem_bytes(
+                    422, "Invalid request", "the path or query holds a NUL character"
+                )
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 422,
+                        "headers": [
+                            (b"content-type", b"application/problem+json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
 
 
 class SecurityHeaders:

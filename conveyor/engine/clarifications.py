@@ -150,11 +150,26 @@ def answer_tx(
         raise GoneError("this clarification expired before it was answered")
     if row.status != "pending":
         raise ConflictError(f"this clarification is {row.status}")
+    if row.timeout_at is not None and _past_deadline(tx, row.id):
+        # the sweep has not expired it yet, but the deadline (database clock) is the
+        # cut-off: a late answer must not win over "no answer by the deadline"
+        raise GoneError("this clarification expired before it was answered")
     questions = [Question.from_json(q) for q in row.questions]
     complete = validate_answers(questions, answers)
     _resolve_tx(tx, row, complete, actor, steps)
     fresh = tx.conn.execute(select(clarifications).where(clarifications.c.id == row.id)).one()
     return clarification_from_row(fresh)
+
+
+def _past_deadline(tx: Tx, clarification_id: str) -> bool:
+    """Whether the deadline passed, by the same test as the expiry sweep's."""
+    return bool(
+        tx.conn.execute(
+            select(clarifications.c.timeout_at < db_now()).where(
+                clarifications.c.id == clarification_id
+            )
+        ).scalar()
+    )
 
 
 def _resolve_tx(

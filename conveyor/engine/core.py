@@ -7,6 +7,7 @@ workers all go through it.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -83,6 +84,8 @@ class Engine:
         self.settings = settings or EngineSettings()
         self._known_queues: set[str] = set()
         self._waiting: dict[str, tuple[float, int]] = {}
+        # concurrent submits would all miss the cache and count the same committed jobs
+        self._waiting_lock = asyncio.Lock()
         self.steps: StepCoordinator = ExecutionCoordinator()
         #: seals secret task inputs before they are stored (set by the Runtime)
         self.sealer: Sealer | None = None
@@ -140,19 +143,20 @@ class Engine:
         cap = self.settings.limits.max_waiting_per_owner
         if cap is None:
             return
-        now = time.monotonic()
-        cached = self._waiting.get(owner)
-        if cached is None or cached[0] < now:
-            count = await self.db.read(lambda c: jobs_mod.waiting_count(c, owner))
-            cached = (now + 2.0, count)
-        if cached[1] + adding > cap:
-            self._waiting[owner] = cached
-            raise QuotaExceededError(
-                f"you already have {cached[1]} jobs waiting (the cap is {cap}); "
-                "try again when some have run",
-                retry_after_s=5,
-            )
-        self._waiting[owner] = (cached[0], cached[1] + adding)
+        async with self._waiting_lock:
+            now = time.monotonic()
+            cached = self._waiting.get(owner)
+            if cached is None or cached[0] < now:
+                count = await self.db.read(lambda c: jobs_mod.waiting_count(c, owner))
+                cached = (now + 2.0, count)
+            if cached[1] + adding > cap:
+                self._waiting[owner] = cached
+                raise QuotaExceededError(
+                    f"you already have {cached[1]} jobs waiting (the cap is {cap}); "
+                    "try again when some have run",
+                    retry_after_s=5,
+                )
+            self._waiting[owner] = (cached[0], cached[1] + adding)
 
     async def get_job(self, job_id: str, *, owner: str | None = None) -> Job:
         return await self.db.read(lambda c: jobs_mod.get_job(c, job_id, owner))
@@ -332,6 +336,8 @@ class Engine:
             max_steps=self.settings.max_steps,
             sealer=self.sealer,
         )
+        if spec.mode == "auto":  # its steps are jobs waiting from the start
+            await self._check_waiting_quota(owner, len(prepared.step_defaults))
         new_queues = {d.queue for d in prepared.step_defaults.values()} - self._known_queues
 
         def body(tx: Tx) -> tuple[str, bool]:

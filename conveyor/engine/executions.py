@@ -135,8 +135,21 @@ def prepare_execution(
     if spec.metadata is not None and _json_size(spec.metadata) > limits.max_metadata_bytes:
         raise InvalidInputError(f"metadata is larger than {limits.max_metadata_bytes} bytes")
     if catalog is not None:
+        if spec.mode == "auto":
+            # refuse now what would only fail later in a step; a manual run gives each
+            # step its input when it is run
+            for step in graph.steps:
+                step_input = {**data, **dict(step.input or {})}
+                try:
+                    catalog.validate_step_input(step.task, step_input, step.depends_on)
+                except InvalidInputError as exc:
+                    raise InvalidInputError(
+                        f"invalid input for step {step.id!r}: {exc.message}", details=exc.details
+                    ) from None
         secret = {f for step in graph.steps for f in catalog.secret_fields(step.task)}
         data = seal_secrets(data, secret, sealer)
+        if spec.steps is not None:
+            graph = _seal_step_inputs(graph, catalog, sealer, max_steps)
     priority = Priority.parse(spec.priority)
     if spec.budget_usd is not None and not 0 < spec.budget_usd <= 1_000_000:
         raise InvalidInputError("budget_usd must be > 0 and <= 1000000")
@@ -160,6 +173,25 @@ def prepare_execution(
         "budget_usd": spec.budget_usd,
     }
     return PreparedExecution(row, graph, defaults)
+
+
+def _seal_step_inputs(
+    graph: Graph, catalog: TaskCatalog, sealer: Sealer | None, max_steps: int
+) -> Graph:
+    """An ad-hoc DAG's per-step inputs are client data like the execution's input: their
+    secret fields are sealed before the graph is stored."""
+    sealed = [
+        Step(
+            step.id,
+            step.task,
+            step.depends_on,
+            seal_secrets(dict(step.input), catalog.secret_fields(step.task), sealer),
+        )
+        if step.input
+        else step
+        for step in graph.steps
+    ]
+    return build_graph(sealed, max_steps=max_steps)
 
 
 def _request_hash(spec: ExecutionSpec) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -34,6 +35,10 @@ class TaskCatalog(Protocol):
 
     def validate_input(self, name: str, data: JsonObject) -> None:
         """Raise :class:`InvalidInputError` if ``data`` cannot be the task's input."""
+
+    def validate_step_input(self, name: str, data: JsonObject, later: Collection[str]) -> None:
+        """Like :meth:`validate_input` for a workflow step: keys the task does not take
+        are ignored, and parameters in ``later`` (dependencies' outputs) are not checked."""
 
     def workflow_spec(self, name: str) -> WorkflowSpec | None:
         """The workflow registered as ``name``, or ``None``."""

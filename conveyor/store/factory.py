@@ -11,6 +11,9 @@ def open_database(
     *,
     sqlite_synchronous: str = "FULL",
     pool_size: int = 10,
+    call_deadline_s: float = 60.0,
+    statement_timeout_s: float = 30.0,
+    connect_timeout_s: float = 5.0,
 ) -> Database:
     """A :class:`Database` for ``sqlite:///file.db`` or ``postgresql://...``.
 
@@ -23,4 +26,10 @@ def open_database(
         return SqliteDatabase(url, synchronous=sqlite_synchronous)
     from conveyor.store.postgres import PostgresDatabase
 
-    return PostgresDatabase(url, pool_size=pool_size)
+    return PostgresDatabase(
+        url,
+        pool_size=pool_size,
+        statement_timeout_s=statement_timeout_s,
+        connect_timeout_s=connect_timeout_s,
+        call_deadline_s=call_deadline_s,
+    )

@@ -9,7 +9,7 @@ import os
 import random
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, text
@@ -70,6 +70,7 @@ class PostgresDatabase(Database):
         # A black-holed network never answers and server-side timeouts cannot fire for a
         # server that is not reached: every call also has a client-side deadline.
         self._deadline_s = call_deadline_s
+        self._abandoned: set[asyncio.Future[Any]] = set()
         self._engine: AsyncEngine = create_async_engine(
             async_url(url),
             pool_size=pool_size,
@@ -91,8 +92,7 @@ class PostgresDatabase(Database):
     async def write(self, fn: Callable[[Tx], T]) -> T:
         for attempt in range(6):
             try:
-                async with asyncio.timeout(self._deadline_s), self._engine.connect() as aconn:
-                    result, tx, recorded = await aconn.run_sync(self._write_sync, fn)
+                result, tx, recorded = await self._bounded(self._write_once(fn))
                 self._committed(tx, recorded)
                 return result
             except DBAPIError as exc:
@@ -110,8 +110,7 @@ class PostgresDatabase(Database):
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
         try:
-            async with asyncio.timeout(self._deadline_s), self._engine.connect() as aconn:
-                return await aconn.run_sync(fn)
+            return await self._bounded(self._read_once(fn))
         except DBAPIError as exc:
             raise self._translate(exc) from exc
         except TimeoutError as exc:
@@ -119,7 +118,44 @@ class PostgresDatabase(Database):
         except OSError as exc:
             raise StoreUnavailableError(f"PostgreSQL unreachable: {exc}") from exc
 
+    async def _write_once(self, fn: Callable[[Tx], T]) -> tuple[T, Tx, list[Event]]:
+        async with self._engine.connect() as aconn:
+            return await aconn.run_sync(self._write_sync, fn)
+
+    async def _read_once(self, fn: Callable[[Connection], T]) -> T:
+        async with self._engine.connect() as aconn:
+            return await aconn.run_sync(fn)
+
+    async def _bounded(self, call: Coroutine[Any, Any, T]) -> T:
+        """Run ``call`` within the call deadline, clean-up included.
+
+        ``asyncio.timeout`` around the call is not enough: it cancels the query, but
+        giving the connection back (a ROLLBACK on a socket nobody answers) would then hang
+        the caller until the network heals. Past the deadline the caller gets
+        ``TimeoutError`` at once and the cancelled call unwinds in the background (the
+        pool's size bounds how many such connections can be stuck at once).
+        """
+        task = asyncio.ensure_future(call)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self._deadline_s)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if task in done:
+            return task.result()
+        task.cancel()
+        self._abandoned.add(task)
+        task.add_done_callback(self._forget)
+        raise TimeoutError
+
+    def _forget(self, task: asyncio.Future[Any]) -> None:
+        self._abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an abandoned call's error is no news
+
     async def close(self) -> None:
+        for task in list(self._abandoned):
+            task.cancel()
         await self._engine.dispose()
 
     def listen(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import sqlite3
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from conveyor.store.types import dumps
 from conveyor.store.wake import WakeListener, WakeSender
 
 T = TypeVar("T")
+log = logging.getLogger("conveyor.store.sqlite")
 
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
@@ -55,6 +57,10 @@ class SqliteDatabase(Database):
     Writers take the lock up front with ``BEGIN IMMEDIATE`` (so a transaction never
     fails half-way on a lock), and a busy lock is retried with jittered asynchronous
     back-off instead of SQLite's blocking busy handler, so the event loop keeps serving.
+
+    ``transactions`` counts reads and writes run; ``busy_retries`` how many of their
+    tries found the file locked and waited (beyond the driver's 5 ms), for
+    ``busy_wait_s`` seconds in all. The totals are logged when the database is closed.
     """
 
     dialect = "sqlite"
@@ -97,6 +103,9 @@ class SqliteDatabase(Database):
 
         self._conn: Connection | None = None
         self._wake = WakeSender(path)
+        self.transactions = 0
+        self.busy_retries = 0
+        self.busy_wait_s = 0.0
 
     def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed:
@@ -128,6 +137,14 @@ class SqliteDatabase(Database):
             self._wake.send(tx.notifications)
 
     async def close(self) -> None:
+        if self.transactions:
+            log.info(
+                "SQLite %s: %d busy retries (%.3fs waited) over %d transactions",
+                self.path,
+                self.busy_retries,
+                self.busy_wait_s,
+                self.transactions,
+            )
         self._wake.close()
         if self._conn is not None:
             self._conn.close()
@@ -160,13 +177,17 @@ class SqliteDatabase(Database):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._lock_timeout_s
         delay = 0.0005
+        self.transactions += 1
         while True:
             try:
                 return attempt()
             except DBAPIError as exc:
                 code = _sqlite_code(exc)
                 if code in (_SQLITE_BUSY, _SQLITE_LOCKED) and loop.time() < deadline:
-                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    pause = delay * (0.5 + random.random())
+                    self.busy_retries += 1
+                    self.busy_wait_s += pause
+                    await asyncio.sleep(pause)
                     delay = min(delay * 2, 0.05)
                     continue
                 if code == _SQLITE_FULL:

@@ -59,6 +59,8 @@ from conveyor.worker.heartbeat import HeartbeatThread
 from conveyor.worker.tasks import TaskDefinition
 
 log = logging.getLogger("conveyor.worker")
+#: after the hard stop, how long a step may take to honour it before it is abandoned
+_ABANDON_AFTER_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,7 @@ class Worker:
         self._stopped = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._maintenance_task: asyncio.Task[None] | None = None
+        self._fence_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._drain_timer: asyncio.TimerHandle | None = None
         self._heartbeat: HeartbeatThread | None = None
@@ -195,6 +198,7 @@ class Worker:
         self._heartbeat.start()
         self._loop_task = asyncio.create_task(self._loop(), name=f"worker-{self.worker_id}")
         self._maintenance_task = asyncio.create_task(self._maintenance(), name="worker-sweep")
+        self._fence_task = asyncio.create_task(self._fence_watch(), name="worker-fence")
         log.info(
             "worker %s started (concurrency %d, queues %s)",
             self.worker_id,
@@ -255,9 +259,10 @@ class Worker:
     async def _shutdown(self) -> None:
         if self._drain_timer is not None:
             self._drain_timer.cancel()
-        if self._maintenance_task is not None:
-            self._maintenance_task.cancel()
-            await asyncio.gather(self._maintenance_task, return_exceptions=True)
+        for side_task in (self._maintenance_task, self._fence_task):
+            if side_task is not None:
+                side_task.cancel()
+                await asyncio.gather(side_task, return_exceptions=True)
         await asyncio.gather(*self._background, return_exceptions=True)
         self.engine.remove_wakeup(self._on_wakeup)
         self.engine.remove_cancel_listener(self._on_cancel_notice)
@@ -433,6 +438,14 @@ class Worker:
                 soonest = deadline
         return soonest
 
+    async def _fence_watch(self) -> None:
+        """Fence on time even while the claim loop waits on the database: a settle call
+        can take up to the database call deadline, and a lease must not outlive its
+        attempt's side effects meanwhile."""
+        while True:
+            soonest = self._fence_expired()
+            await asyncio.sleep(max(0.01, soonest - time.monotonic()) + 0.001)
+
     # -- holding and running attempts --------------------------------------------------------
 
     def _hold(self, job: ClaimedJob, claimed_at: float) -> None:
@@ -481,9 +494,31 @@ class Worker:
             # Later notices (every heartbeat repeats it) must not cut the grace short.
             if first:
                 loop = asyncio.get_running_loop()
-                held.hard_stop = loop.call_later(self.settings.cancel_grace_s, task.cancel)
+                held.hard_stop = loop.call_later(
+                    self.settings.cancel_grace_s, self._hard_stop, held
+                )
             return
         task.cancel()
+
+    def _hard_stop(self, held: _Held) -> None:
+        """The cancel grace is over: interrupt the step. A step that swallows the
+        interruption (``except CancelledError``) is abandoned shortly after: the attempt
+        ends as cancelled now, and whatever the step does or returns later is dropped
+        (its lease is gone, so its writes are refused)."""
+        task = held.task
+        if task is None or task.done():
+            return
+        task.cancel()
+        loop = asyncio.get_running_loop()
+        held.hard_stop = loop.call_later(_ABANDON_AFTER_S, self._abandon, held)
+
+    def _abandon(self, held: _Held) -> None:
+        task = held.task
+        job = held.attempt.job
+        if task is None or task.done() or self._held.get(job.id) is not held:
+            return
+        log.warning("job %s: the step ignored its cancellation; abandoning it", job.id)
+        self._finish(held, self._stopped_outcome(held.attempt))
 
     async def _execute(self, held: _Held) -> None:
         attempt = held.attempt

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +105,17 @@ class TaskDefinition:
     def validate_input(self, data: dict[str, Any]) -> None:
         """Raise :class:`InvalidInputError` listing every problem with ``data``."""
         self.parse_input(data)
+
+    def validate_step_input(self, data: dict[str, Any], later: Collection[str]) -> None:
+        """Check a step's input before its execution starts. Parameters named in
+        ``later`` are filled by dependencies' outputs when the step runs: problems with
+        them are not the caller's."""
+        try:
+            self.parse_input(data, ignore_unknown=True)
+        except InvalidInputError as exc:
+            own = [d for d in exc.details if not (d["loc"] and d["loc"][0] in later)]
+            if own or not exc.details:
+                raise InvalidInputError(exc.message, details=own) from None
 
     def parse_input(
         self,

@@ -103,7 +103,7 @@ def start_server(database_url: str, tmp: Path, extra_env: dict[str, str] | None 
             stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # generous: a loaded CI box starts slowly
     while True:
         try:
             if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:

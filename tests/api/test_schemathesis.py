@@ -87,9 +87,13 @@ UNEXPRESSIBLE: dict[str, re.Pattern[str]] = {
     # an ad-hoc DAG: ids unique across array items, references to other items, no cycles
     "POST /api/v1/executions": re.compile(
         r"duplicate step id|depends on itself|depends on unknown step|dependency cycle"
+        # the input each step's task takes: a schema per task, chosen by another field
+        r"|invalid input for step"
     ),
     # a comparison between two fields of BackoffIn
     "POST /api/v1/jobs": re.compile(r"max_delay_s must be >= delay_s"),
+    # a comparison between two query parameters
+    "GET /api/v1/telemetry/summary": re.compile(r"from must not be after to"),
 }
 
 

@@ -223,6 +223,25 @@ async def test_execution_input_reaches_every_step(env: Env) -> None:
     assert final.output == {"second": 42}
 
 
+async def test_input_the_steps_cannot_take_is_refused_at_start(env: Env) -> None:
+    steps = [Step("left", "double"), Step("sum", "add_upstream", ["left"])]
+    for bad in ({}, {"value": "21"}, {"value": 1.5}):
+        with pytest.raises(InvalidInputError) as refused:
+            await env.start(steps=steps, input=bad)
+        assert "'left'" in refused.value.message, refused.value.message
+        assert [d["loc"] for d in refused.value.details] == [["value"]]
+    # parameters named after dependencies are filled when the step runs: not the
+    # caller's to give ("left"); "right" is no dependency of "sum", so it is missing
+    with pytest.raises(InvalidInputError) as refused:
+        await env.start(steps=steps, input={"value": 2})
+    assert "'sum'" in refused.value.message
+    assert [d["loc"] for d in refused.value.details] == [["right"]]
+    assert (await env.engine.list_executions(owner="alice")).items == []
+    # a manual run gives each step its input when it runs: nothing to check at start
+    manual = await env.start(steps=steps, input={}, mode="manual")
+    assert manual.status == "queued"
+
+
 async def test_parallelism_limit_is_never_exceeded(env: Env) -> None:
     steps = [Step(f"s{i}", "step", input={"pause": 0.05}) for i in range(12)]
     final = await env.finished((await env.start(steps=steps, parallelism=3)).id)
