@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Any
 from urllib.parse import urlencode
+
+from fastapi import Query
 
 from conveyor.errors import InvalidInputError
 
 PAGE_SIZE = 25
+#: a list page's query parameters: a filter value, the first and the last day
+Filter = Annotated[str | None, Query(max_length=200)]
+DateFrom = Annotated[str | None, Query(alias="from", max_length=10)]
+DateTo = Annotated[str | None, Query(alias="to", max_length=10)]
 
 
 def choice(value: str | None, allowed: Iterable[str]) -> str | None:
@@ -49,3 +56,13 @@ def page_url(path: str, filters: Mapping[str, str | None], cursor: str | None = 
     if cursor:
         query["cursor"] = cursor
     return f"{path}?{urlencode(query)}" if query else path
+
+
+def page_links(
+    path: str, filters: Mapping[str, str | None], next_cursor: str | None, cursor: str | None
+) -> dict[str, Any]:
+    """``next_url`` and ``first_url`` of a list page (``None`` where there is none)."""
+    return {
+        "next_url": None if next_cursor is None else page_url(path, filters, next_cursor),
+        "first_url": page_url(path, filters) if cursor else None,
+    }

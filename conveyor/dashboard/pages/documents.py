@@ -8,12 +8,12 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from conveyor.api.deps import api_state
 from conveyor.dashboard import diff, listing
+from conveyor.dashboard.listing import Filter
 from conveyor.dashboard.session import Session
 from conveyor.dashboard.web import PageRoute, SessionDep, render
 from conveyor.errors import InvalidInputError, NotFoundError
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
-Filter = Annotated[str | None, Query(max_length=200)]
 VersionNo = Annotated[int, Path(ge=1, le=2**31)]
 
 
@@ -47,10 +47,7 @@ async def documents_list(
         nav="documents",
         documents=page.items,
         filters=filters,
-        next_url=None
-        if page.next_cursor is None
-        else listing.page_url("/documents", filters, page.next_cursor),
-        first_url=listing.page_url("/documents", filters) if cursor else None,
+        **listing.page_links("/documents", filters, page.next_cursor, cursor),
     )
 
 

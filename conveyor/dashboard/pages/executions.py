@@ -3,14 +3,15 @@ retry."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 
 from conveyor.api.deps import api_state
 from conveyor.auth.principal import USER
 from conveyor.dashboard import dag, listing
+from conveyor.dashboard.listing import DateFrom, DateTo, Filter
 from conveyor.dashboard.session import Session
 from conveyor.dashboard.web import PageRoute, PostedForm, SessionDep, redirect, render
 from conveyor.domain.states import ExecutionStatus
@@ -19,7 +20,6 @@ from conveyor.engine.executions import ExecutionFilters
 from conveyor.engine.jobs import JobFilters
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
-Filter = Annotated[str | None, Query(max_length=200)]
 STATUSES = [s.value for s in ExecutionStatus]
 #: how much of an execution is read for one detail page (large fan-outs are summarised)
 MAX_STEP_JOBS = 1000
@@ -33,8 +33,8 @@ async def executions_list(
     session: SessionDep,
     status: Filter = None,
     workflow: Filter = None,
-    date_from: Annotated[str | None, Query(alias="from", max_length=10)] = None,
-    date_to: Annotated[str | None, Query(alias="to", max_length=10)] = None,
+    date_from: DateFrom = None,
+    date_to: DateTo = None,
     cursor: Filter = None,
 ) -> HTMLResponse:
     """Executions, newest first, filtered by status, workflow and creation date."""
@@ -65,10 +65,7 @@ async def executions_list(
         filters=filters,
         statuses=STATUSES,
         workflows=sorted(state.app.workflows),
-        next_url=None
-        if page.next_cursor is None
-        else listing.page_url("/executions", filters, page.next_cursor),
-        first_url=listing.page_url("/executions", filters) if cursor else None,
+        **listing.page_links("/executions", filters, page.next_cursor, cursor),
     )
 
 

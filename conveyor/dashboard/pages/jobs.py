@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from conveyor.api.deps import api_state
 from conveyor.auth.principal import USER
 from conveyor.dashboard import listing
+from conveyor.dashboard.listing import DateFrom, DateTo, Filter
 from conveyor.dashboard.session import Session
 from conveyor.dashboard.web import PageRoute, PostedForm, SessionDep, redirect, render
 from conveyor.domain.states import VISIBLE_JOB_STATUSES
 from conveyor.engine.jobs import JobFilters
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
-Filter = Annotated[str | None, Query(max_length=200)]
 
 
 def _can_submit(session: Session) -> bool:
@@ -30,8 +28,8 @@ async def jobs_list(
     status: Filter = None,
     task: Filter = None,
     queue: Filter = None,
-    date_from: Annotated[str | None, Query(alias="from", max_length=10)] = None,
-    date_to: Annotated[str | None, Query(alias="to", max_length=10)] = None,
+    date_from: DateFrom = None,
+    date_to: DateTo = None,
     cursor: Filter = None,
 ) -> Response:
     """Jobs (standalone and steps), newest first."""
@@ -64,10 +62,7 @@ async def jobs_list(
         filters=filters,
         statuses=VISIBLE_JOB_STATUSES,
         tasks=sorted(state.app.tasks),
-        next_url=None
-        if page.next_cursor is None
-        else listing.page_url("/jobs", filters, page.next_cursor),
-        first_url=listing.page_url("/jobs", filters) if cursor else None,
+        **listing.page_links("/jobs", filters, page.next_cursor, cursor),
     )
 
 
