@@ -104,11 +104,14 @@ async def follow(
                 return  # too far behind: the client resumes from its last id
             if live is None:
                 continue
-            batch, over = fresh([live, *subscription.ready(LIVE_BATCH - 1)])
+            queued = [live, *subscription.ready(LIVE_BATCH - 1)]
+            batch, over = fresh(queued)
             if batch:
                 yield batch
             if over:
                 return
-            await asyncio.sleep(0)
+            if len(queued) == LIVE_BATCH:
+                # more may be waiting and next() would not suspend: let others run
+                await asyncio.sleep(0)
     finally:
         hub.unsubscribe(subscription)
