@@ -25,52 +25,47 @@ server process (from /proc/<pid>/stat) and the whole machine, per phase.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
-import os
-import pstats
-import secrets
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx2 as httpx
 
-from bench.apps import APP_SPEC
 from bench.common import (
-    Backend,
+    API,
+    CONVEYOR,
+    BenchOptions,
     CpuSample,
-    Synchronous,
-    add_database_options,
-    backend_arg,
+    Server,
+    bench_parser,
+    combine_rounds,
+    conveyor_serve,
     cpu_sample,
     cpu_usage,
-    emit_json,
+    db_figures,
+    db_label,
+    finish,
+    login,
+    ms,
+    optional_str,
     percentile,
+    print_profile,
     rounded,
-    synchronous_arg,
-    throwaway_database,
-    wait_quiet,
+    run_rounds,
+    shared_options,
+    wait_ready,
 )
-
-API = "/api/v1"
-ADMIN = "bench-admin"
-REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
-class Options:
-    db: Backend
+class Options(BenchOptions):
     requests: int
     concurrency: int
     server_workers: int
@@ -80,20 +75,10 @@ class Options:
     warmup: int
     repeat: int
     server_profile: str | None
-    synchronous: Synchronous
-    timeout_s: float
-    quiet_wait_s: float
-    sqlite_dir: str | None
-    pg_admin_url: str
 
 
 def parse(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.api",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_database_options(parser)
+    parser = bench_parser("python -m bench.api", __doc__, raw=True)
     parser.add_argument("--requests", type=int, default=2000, help="requests per phase (a, b)")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients")
     parser.add_argument(
@@ -125,7 +110,7 @@ def parse(argv: list[str] | None = None) -> Options:
     if ns.server_profile and ns.repeat > 1:
         parser.error("--server-profile profiles one round: not with --repeat")
     return Options(
-        db=backend_arg(str(ns.db)),
+        **shared_options(ns),
         requests=int(ns.requests),
         concurrency=int(ns.concurrency),
         server_workers=int(ns.server_workers),
@@ -134,67 +119,15 @@ def parse(argv: list[str] | None = None) -> Options:
         latency_warmup=int(ns.latency_warmup),
         warmup=int(ns.warmup),
         repeat=int(ns.repeat),
-        server_profile=None if ns.server_profile is None else str(ns.server_profile),
-        synchronous=synchronous_arg(str(ns.sqlite_synchronous)),
-        timeout_s=float(ns.timeout),
-        quiet_wait_s=float(ns.quiet_wait),
-        sqlite_dir=None if ns.sqlite_dir is None else str(ns.sqlite_dir),
-        pg_admin_url=str(ns.pg_admin_url),
+        server_profile=optional_str(ns.server_profile),
     )
 
 
 # -- the server process ---------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def process_cpu_s(pid: int) -> float | None:
-    """CPU seconds (user + system) a process has used, from /proc/<pid>/stat."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            raw = handle.read()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()  # the name may hold spaces
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class Server:
-    """``conveyor serve`` in a subprocess; its output goes to a temporary file."""
-
-    process: subprocess.Popen[bytes]
-    base_url: str
-    password: str
-    log: IO[bytes]
-
-    def log_tail(self, lines: int = 30) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return "\n".join(self.log.read().decode(errors="replace").splitlines()[-lines:])
-
-    def cpu_s(self) -> float | None:
-        return process_cpu_s(self.process.pid)
-
-
-@contextlib.contextmanager
-def running_server(url: str, opts: Options) -> Iterator[Server]:
-    port = free_port()
-    password = secrets.token_urlsafe(18)
-    env = {
-        **os.environ,
-        "CONVEYOR_ADMIN_USERNAME": ADMIN,
-        "CONVEYOR_ADMIN_PASSWORD": password,
-        "CONVEYOR_JWT_SECRET": secrets.token_urlsafe(48),
-        "CONVEYOR_SQLITE_SYNCHRONOUS": opts.synchronous,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    launcher = [str(Path(sys.executable).parent / "conveyor")]
+def running_server(url: str, opts: Options) -> contextlib.AbstractContextManager[Server]:
+    launcher = [CONVEYOR]
     if opts.server_profile:
         # cProfile.run writes the stats when main() returns or raises SystemExit
         profiled = (
@@ -203,61 +136,7 @@ def running_server(url: str, opts: Options) -> Iterator[Server]:
             f"cProfile.run('main()', {str(Path(opts.server_profile).resolve())!r})"
         )
         launcher = [sys.executable, "-c", profiled]
-    command = [
-        *launcher,
-        "serve",
-        "--app",
-        APP_SPEC,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(opts.server_workers),
-        "--database-url",
-        url,
-        "--log-level",
-        "warning",
-    ]
-    with tempfile.TemporaryFile(prefix="conveyor_bench_server_") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        server = Server(process, f"http://127.0.0.1:{port}", password, log)
-        try:
-            yield server
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(45)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-
-
-async def wait_ready(server: Server, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=5.0) as client:
-        while True:
-            if server.process.poll() is not None:
-                raise RuntimeError(
-                    f"the server exited ({server.process.returncode}):\n{server.log_tail()}"
-                )
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/readyz")).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the server did not get ready:\n{server.log_tail()}")
-            await asyncio.sleep(0.05)
-
-
-async def login(server: Server) -> str:
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=30.0) as client:
-        response = await client.post(
-            f"{API}/auth/token", json={"username": ADMIN, "password": server.password}
-        )
-        response.raise_for_status()
-        token: str = response.json()["access_token"]
-        return token
+    return conveyor_serve(url, opts.synchronous, workers=opts.server_workers, launcher=launcher)
 
 
 @contextlib.asynccontextmanager
@@ -312,10 +191,6 @@ class Phase:
             f"{prefix}_server_cpu_cores": self.server_cpu_cores,
             f"{prefix}_machine_cores": self.cpu.get("machine_cores"),
         }
-
-
-def ms(seconds: float) -> float:
-    return rounded(seconds * 1000.0, 3)
 
 
 Request = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
@@ -588,8 +463,7 @@ async def run(url: str, opts: Options) -> dict[str, Any]:
 
     figures: dict[str, Any] = {
         "bench": "api",
-        "db": opts.db,
-        "sqlite_synchronous": opts.synchronous if opts.db == "sqlite" else None,
+        **db_figures(opts),
         "concurrency": opts.concurrency,
         "server_workers": opts.server_workers,
         "server_ready_s": rounded(ready_s, 2),
@@ -608,14 +482,13 @@ async def run(url: str, opts: Options) -> dict[str, Any]:
 
 
 def summary(f: dict[str, Any]) -> str:
-    db = f["db"] if f["db"] != "sqlite" else f"sqlite/{f['sqlite_synchronous']}"
     backlog = (
         "no worker: the jobs stay queued"
         if f["submit_backlog_s"] is None
         else f"backlog done {f['submit_backlog_s']:.2f}s after"
     )
     lines = [
-        f"api {db}, one server process ({f['server_workers']} embedded worker slots), "
+        f"api {db_label(f)}, one server process ({f['server_workers']} embedded worker slots), "
         f"{f['concurrency']} clients:",
         f"  a. submit  POST /jobs      {f['submit_per_s']:,} req/s ({f['submit_requests']} in "
         f"{f['submit_s']:.2f}s; p50 {f['submit_p50_ms']:.2f} ms, p99 {f['submit_p99_ms']:.2f} "
@@ -656,17 +529,9 @@ _MEDIAN_FIELDS = (
 
 
 def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    if len(rounds) == 1:
-        return rounds[0]
-    combined = dict(rounds[-1])
-    for name in _MEDIAN_FIELDS:
-        values = [r[name] for r in rounds if r.get(name) is not None]
-        combined[name] = statistics.median(values) if values else None
-    for name in ("submit_per_s", "read_per_s", "latency_p50_ms", "latency_p99_ms"):
-        combined[f"{name}_all"] = [r.get(name) for r in rounds]
-    combined["repeat"] = len(rounds)
-    combined["ok"] = all(r["ok"] for r in rounds)
-    return combined
+    return combine_rounds(
+        rounds, _MEDIAN_FIELDS, ("submit_per_s", "read_per_s", "latency_p50_ms", "latency_p99_ms")
+    )
 
 
 def print_server_profile(path: str) -> None:
@@ -674,23 +539,12 @@ def print_server_profile(path: str) -> None:
     if not Path(path).exists():
         print(f"no server profile at {path} (did the server exit cleanly?)", file=sys.stderr)
         return
-    stats = pstats.Stats(path, stream=sys.stderr)
-    stats.sort_stats("tottime").print_stats(30)
-    stats.sort_stats("cumulative").print_stats(60)
+    print_profile(path, 60)
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
-    rounds: list[dict[str, Any]] = []
-    for _ in range(opts.repeat):
-        if opts.quiet_wait_s > 0:
-            wait_quiet(opts.quiet_wait_s)
-        with throwaway_database(
-            opts.db, pg_admin_url=opts.pg_admin_url, sqlite_dir=opts.sqlite_dir
-        ) as url:
-            figures = asyncio.run(run(url, opts))
-        print(summary(figures), flush=True)
-        rounds.append(figures)
+    rounds = run_rounds(opts, lambda url: run(url, opts), summary, opts.repeat)
     combined = combine(rounds)
     if len(rounds) > 1:
         latency = (
@@ -707,8 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if opts.server_profile:
         print_server_profile(opts.server_profile)
-    emit_json(combined)
-    return 0 if combined["ok"] else 1
+    return finish(combined)
 
 
 if __name__ == "__main__":

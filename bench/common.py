@@ -1,30 +1,43 @@
-"""What the benchmarks share: throwaway databases, commit counting, workers built with
-every knob exposed, worker processes, percentiles and reporting."""
+"""What the benchmarks share: the command line's common options, throwaway databases,
+commit counting, workers built with every knob exposed, worker processes, a ``conveyor
+serve`` subprocess, rounds, percentiles and reporting."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import importlib
 import json
 import multiprocessing
 import os
+import pstats
 import queue
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
+from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue as MpQueue
 from multiprocessing.synchronize import Event as MpEvent
-from typing import Any, Literal, TypeVar
+from pathlib import Path
+from typing import IO, Any, Literal, TypedDict, TypeVar
 
+import httpx2 as httpx
 from sqlalchemy import Connection, Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 
+from bench.apps import APP_SPEC
 from conveyor.app import Conveyor
 from conveyor.runtime import Runtime, upgrade_database
 from conveyor.settings import Settings
@@ -34,6 +47,7 @@ from conveyor.store.schema import jobs
 from conveyor.worker.runtime import Worker, WorkerSettings
 
 T = TypeVar("T")
+L = TypeVar("L", bound=str)
 
 Backend = Literal["sqlite", "postgres"]
 Synchronous = Literal["FULL", "NORMAL"]
@@ -44,12 +58,15 @@ DEFAULT_PREFETCH_WINDOW_S = WorkerSettings().prefetch_window_s
 
 # -- command line ---------------------------------------------------------------------------
 
+BACKENDS: tuple[Backend, ...] = ("sqlite", "postgres")
+SYNCHRONOUS_MODES: tuple[Synchronous, ...] = ("FULL", "NORMAL")
+
 
 def add_database_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--db", choices=BACKENDS, default="sqlite")
     parser.add_argument(
         "--sqlite-synchronous",
-        choices=("FULL", "NORMAL"),
+        choices=SYNCHRONOUS_MODES,
         default="FULL",
         help="SQLite's PRAGMA synchronous (default FULL)",
     )
@@ -72,20 +89,85 @@ def add_database_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def bench_parser(prog: str, description: str | None, *, raw: bool) -> argparse.ArgumentParser:
+    """A benchmark's parser with the database options (:func:`add_database_options`);
+    ``raw``: the description is printed as written. The benchmark adds ``--timeout``
+    (:func:`shared_options` reads it) and its own options."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter,
+    )
+    add_database_options(parser)
+    return parser
+
+
+def add_prefetch_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prefetch-window",
+        type=float,
+        default=None,
+        help=f"WorkerSettings.prefetch_window_s (default {DEFAULT_PREFETCH_WINDOW_S}; 0: off)",
+    )
+
+
+def choice_arg(value: str, choices: Sequence[L], what: str) -> L:
+    """``value`` as the one of ``choices`` (a ``Literal``) it equals."""
+    for found in choices:
+        if value == found:
+            return found
+    raise ValueError(f"unknown {what} {value!r}")
+
+
 def backend_arg(value: str) -> Backend:
-    if value == "sqlite":
-        return "sqlite"
-    if value == "postgres":
-        return "postgres"
-    raise ValueError(f"unknown backend {value!r}")
+    return choice_arg(value, BACKENDS, "backend")
 
 
 def synchronous_arg(value: str) -> Synchronous:
-    if value == "FULL":
-        return "FULL"
-    if value == "NORMAL":
-        return "NORMAL"
-    raise ValueError(f"unknown synchronous mode {value!r}")
+    return choice_arg(value, SYNCHRONOUS_MODES, "synchronous mode")
+
+
+def optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """The options every benchmark has: the database ones and ``--timeout``."""
+
+    db: Backend
+    synchronous: Synchronous
+    timeout_s: float
+    quiet_wait_s: float
+    sqlite_dir: str | None
+    pg_admin_url: str
+
+
+class SharedOptions(TypedDict):
+    """The fields of :class:`BenchOptions`, as :func:`shared_options` reads them."""
+
+    db: Backend
+    synchronous: Synchronous
+    timeout_s: float
+    quiet_wait_s: float
+    sqlite_dir: str | None
+    pg_admin_url: str
+
+
+def shared_options(ns: argparse.Namespace) -> SharedOptions:
+    """The :class:`BenchOptions` fields of a parsed command line, to pass on with ``**``."""
+    return SharedOptions(
+        db=backend_arg(str(ns.db)),
+        synchronous=synchronous_arg(str(ns.sqlite_synchronous)),
+        timeout_s=float(ns.timeout),
+        quiet_wait_s=float(ns.quiet_wait),
+        sqlite_dir=optional_str(ns.sqlite_dir),
+        pg_admin_url=str(ns.pg_admin_url),
+    )
 
 
 # -- throwaway databases --------------------------------------------------------------------
@@ -229,6 +311,11 @@ def count_statements(db: Database, stats: StatementStats) -> Callable[[], None]:
 # -- workers --------------------------------------------------------------------------------
 
 
+def prefetch_window(prefetch_window_s: float | None) -> float:
+    """The prefetch window a worker gets: ``None`` is the worker's default."""
+    return DEFAULT_PREFETCH_WINDOW_S if prefetch_window_s is None else prefetch_window_s
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
     concurrency: int = 4
@@ -253,11 +340,6 @@ def build_worker(runtime: Runtime, options: WorkerOptions) -> CountedWorker:
     loop_writes = WriteStats()
     heartbeat_writes = WriteStats()
     count_writes(runtime.engine.db, loop_writes)
-    window = (
-        DEFAULT_PREFETCH_WINDOW_S
-        if options.prefetch_window_s is None
-        else options.prefetch_window_s
-    )
     settings = WorkerSettings(
         concurrency=options.concurrency,
         queues=None,
@@ -267,7 +349,7 @@ def build_worker(runtime: Runtime, options: WorkerOptions) -> CountedWorker:
         sweep_interval_s=s.sweep_interval_s,
         drain_timeout_s=s.drain_timeout_s,
         cancel_grace_s=s.cancel_grace_s,
-        prefetch_window_s=window,
+        prefetch_window_s=prefetch_window(options.prefetch_window_s),
         kind=options.kind,
     )
 
@@ -396,20 +478,28 @@ class WorkerProcesses:
         """Tell every process to report and stop; return their reports."""
         self._stop.set()
         self._go.set()  # a process still waiting for go must not hang
-        reports: list[ChildReport] = []
-        deadline = time.monotonic() + timeout_s
-        while len(reports) < self.count and time.monotonic() < deadline:
-            try:
-                reports.append(await asyncio.to_thread(self._reports.get, True, 0.5))
-            except queue.Empty:
-                if all(p.exitcode is not None for p in self.processes):
-                    break
-        for process in self.processes:
-            await asyncio.to_thread(process.join, max(0.0, deadline - time.monotonic()))
-            if process.exitcode is None:
-                process.kill()
-                process.join()
-        return reports
+        return await gather_reports(self._reports, self.processes, timeout_s)
+
+
+async def gather_reports(
+    reports: MpQueue[T], processes: Sequence[BaseProcess], timeout_s: float
+) -> list[T]:
+    """The reports of ``processes`` (one each) until all are in, every process has exited
+    or ``timeout_s`` is up; then every process is joined (killed at the deadline)."""
+    found: list[T] = []
+    deadline = time.monotonic() + timeout_s
+    while len(found) < len(processes) and time.monotonic() < deadline:
+        try:
+            found.append(await asyncio.to_thread(reports.get, True, 0.5))
+        except queue.Empty:
+            if all(p.exitcode is not None for p in processes):
+                break
+    for process in processes:
+        await asyncio.to_thread(process.join, max(0.0, deadline - time.monotonic()))
+        if process.exitcode is None:
+            process.kill()
+            process.join()
+    return found
 
 
 # -- reading the jobs table -----------------------------------------------------------------
@@ -506,3 +596,244 @@ def emit_json(figures: dict[str, Any]) -> None:
 
 def rounded(value: float, digits: int = 3) -> float:
     return round(value, digits)
+
+
+def ms(seconds: float) -> float:
+    return rounded(seconds * 1000.0, 3)
+
+
+def db_figures(opts: BenchOptions) -> dict[str, Any]:
+    """The database a round ran on, as the JSON line has it."""
+    return {
+        "db": opts.db,
+        "sqlite_synchronous": opts.synchronous if opts.db == "sqlite" else None,
+    }
+
+
+def db_label(figures: dict[str, Any]) -> str:
+    """The database of :func:`db_figures` for a summary line: ``postgres``, ``sqlite/FULL``."""
+    if figures["db"] != "sqlite":
+        return str(figures["db"])
+    return f"sqlite/{figures['sqlite_synchronous']}"
+
+
+def combine_rounds(
+    rounds: list[dict[str, Any]], medians: Sequence[str], every: Sequence[str] = ()
+) -> dict[str, Any]:
+    """One set of figures for several rounds: the last round's, with the median of each of
+    ``medians`` (None where no round has it), every round's value of each of ``every``
+    (as ``<name>_all``), ``repeat``, and ``ok`` if every round was. One round's figures
+    are returned as they are."""
+    if len(rounds) == 1:
+        return rounds[0]
+    combined = dict(rounds[-1])
+    for name in medians:
+        values = [r[name] for r in rounds if r.get(name) is not None]
+        combined[name] = statistics.median(values) if values else None
+    for name in every:
+        combined[f"{name}_all"] = [r.get(name) for r in rounds]
+    combined["repeat"] = len(rounds)
+    combined["ok"] = all(r["ok"] for r in rounds)
+    return combined
+
+
+def print_profile(profile: cProfile.Profile | str, cumulative: int) -> None:
+    """The top entries of a profile (or of a stats file) to stderr: 30 by own time,
+    ``cumulative`` by cumulative time."""
+    stats = pstats.Stats(profile, stream=sys.stderr)
+    stats.sort_stats("tottime").print_stats(30)
+    stats.sort_stats("cumulative").print_stats(cumulative)
+
+
+# -- rounds ---------------------------------------------------------------------------------
+
+
+def run_rounds(
+    opts: BenchOptions,
+    measure: Callable[[str], Coroutine[Any, Any, dict[str, Any]]],
+    summary: Callable[[dict[str, Any]], str],
+    repeat: int = 1,
+) -> list[dict[str, Any]]:
+    """``repeat`` rounds, each (after waiting for a quiet machine if asked to) measured by
+    ``measure`` on a fresh throwaway database; each round's summary line is printed."""
+    rounds: list[dict[str, Any]] = []
+    for _ in range(repeat):
+        if opts.quiet_wait_s > 0:
+            wait_quiet(opts.quiet_wait_s)
+        with throwaway_database(
+            opts.db, pg_admin_url=opts.pg_admin_url, sqlite_dir=opts.sqlite_dir
+        ) as url:
+            figures = asyncio.run(measure(url))
+        print(summary(figures), flush=True)
+        rounds.append(figures)
+    return rounds
+
+
+def finish(figures: dict[str, Any]) -> int:
+    """Print the JSON line; the exit status (1 if the figures say it was not ``ok``)."""
+    emit_json(figures)
+    return 0 if figures.get("ok", True) else 1
+
+
+# -- a ``conveyor serve`` process -------------------------------------------------------------
+
+API = "/api/v1"
+ADMIN = "bench-admin"
+REPO = Path(__file__).resolve().parent.parent
+CONVEYOR = str(Path(sys.executable).parent / "conveyor")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used, from /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            raw = handle.read()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()  # the name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a process, in KiB, from /proc/<pid>/status."""
+    found: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                name, _, value = line.partition(":")
+                if name in ("VmRSS", "VmHWM"):
+                    found[name] = int(value.split()[0])
+    except OSError:
+        pass
+    return found
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGINT (a graceful shutdown), then SIGKILL after 45 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(45)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Server:
+    """``conveyor serve`` in a subprocess, and any companion processes started with it
+    (same environment); their output goes to one temporary file."""
+
+    process: subprocess.Popen[bytes]
+    host: str
+    port: int
+    password: str
+    env: dict[str, str]
+    log: IO[bytes]
+    companions: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def log_tail(self, lines: int = 30) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return "\n".join(self.log.read().decode(errors="replace").splitlines()[-lines:])
+
+    def cpu_s(self) -> float | None:
+        return process_cpu_s(self.process.pid)
+
+    def start_companion(self, command: list[str]) -> subprocess.Popen[bytes]:
+        """Another process (a ``conveyor worker``, say), stopped before the server."""
+        process = subprocess.Popen(
+            command, cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        self.companions.append(process)
+        return process
+
+
+@contextlib.contextmanager
+def conveyor_serve(
+    url: str,
+    synchronous: Synchronous,
+    *,
+    workers: int,
+    launcher: Sequence[str] = (CONVEYOR,),
+    extra_env: dict[str, str] | None = None,
+    clean_env: bool = False,
+) -> Iterator[Server]:
+    """``<launcher> serve --app bench.apps:app --workers <workers>`` on ``url`` (a free
+    port on 127.0.0.1; the first admin ``ADMIN`` with a random password, a random JWT
+    secret); ``clean_env``: without this process's ``CONVEYOR_*`` variables. Stopped
+    with SIGINT on the way out (SIGKILL if it takes more than 45 s)."""
+    port = free_port()
+    password = secrets.token_urlsafe(18)
+    env = {
+        **{k: v for k, v in os.environ.items() if not (clean_env and k.startswith("CONVEYOR_"))},
+        "CONVEYOR_ADMIN_USERNAME": ADMIN,
+        "CONVEYOR_ADMIN_PASSWORD": password,
+        "CONVEYOR_JWT_SECRET": secrets.token_urlsafe(48),
+        "CONVEYOR_SQLITE_SYNCHRONOUS": synchronous,
+        **(extra_env or {}),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    command = [
+        *launcher,
+        "serve",
+        "--app",
+        APP_SPEC,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--database-url",
+        url,
+        "--log-level",
+        "warning",
+    ]
+    with tempfile.TemporaryFile(prefix="conveyor_bench_server_") as log:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        server = Server(process, "127.0.0.1", port, password, env, log)
+        try:
+            yield server
+        finally:
+            for companion in reversed(server.companions):
+                stop_process(companion)
+            stop_process(process)
+
+
+async def wait_ready(server: Server, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=5.0) as client:
+        while True:
+            if server.process.poll() is not None:
+                raise RuntimeError(
+                    f"the server exited ({server.process.returncode}):\n{server.log_tail()}"
+                )
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/readyz")).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the server did not get ready:\n{server.log_tail()}")
+            await asyncio.sleep(0.05)
+
+
+async def login(server: Server) -> str:
+    """A bearer token of the server's first admin."""
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30.0) as client:
+        response = await client.post(
+            f"{API}/auth/token", json={"username": ADMIN, "password": server.password}
+        )
+        response.raise_for_status()
+        token: str = response.json()["access_token"]
+        return token

@@ -18,11 +18,8 @@ Targets: fan-out of 1000 plus a join in at most 1 s; a chain at most 1 ms per st
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import cProfile
-import pstats
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,23 +27,29 @@ from typing import Any, Literal
 
 from bench.apps import app
 from bench.common import (
-    DEFAULT_PREFETCH_WINDOW_S,
-    Backend,
+    BenchOptions,
     StatementStats,
-    Synchronous,
     WorkerOptions,
-    add_database_options,
-    backend_arg,
+    add_prefetch_option,
+    bench_parser,
     build_worker,
+    choice_arg,
+    combine_rounds,
     count_statements,
     cpu_sample,
     cpu_usage,
-    emit_json,
+    db_figures,
+    db_label,
+    finish,
     make_settings,
+    ms,
+    optional_float,
+    optional_str,
+    prefetch_window,
+    print_profile,
     rounded,
-    synchronous_arg,
-    throwaway_database,
-    wait_quiet,
+    run_rounds,
+    shared_options,
 )
 from conveyor.domain.events import TERMINAL_EXECUTION_EVENTS, Event, EventType
 from conveyor.domain.graph import Step
@@ -55,6 +58,7 @@ from conveyor.engine.models import ExecutionSpec
 from conveyor.runtime import Runtime
 
 Shape = Literal["fanout", "chain"]
+SHAPES: tuple[Shape, ...] = ("fanout", "chain")
 
 #: what start_execution emits when the start transaction commits (no EventType member)
 EXECUTION_QUEUED = "execution.queued"
@@ -65,22 +69,16 @@ CHAIN_TARGET_PER_STEP_S = 0.001
 
 
 @dataclass(frozen=True)
-class Options:
-    db: Backend
+class Options(BenchOptions):
     shape: Shape
     width: int
     length: int
     concurrency: int
-    synchronous: Synchronous
     prefetch_window_s: float | None
     warmup_steps: int
     repeat: int
-    timeout_s: float
     profile: str | None
     count_statements: bool
-    quiet_wait_s: float
-    sqlite_dir: str | None
-    pg_admin_url: str
 
     @property
     def size(self) -> int:
@@ -88,31 +86,13 @@ class Options:
         return self.width if self.shape == "fanout" else self.length
 
 
-def shape_arg(value: str) -> Shape:
-    if value == "fanout":
-        return "fanout"
-    if value == "chain":
-        return "chain"
-    raise ValueError(f"unknown shape {value!r}")
-
-
 def parse(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.dag",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_database_options(parser)
-    parser.add_argument("--shape", choices=("fanout", "chain"), default="fanout")
+    parser = bench_parser("python -m bench.dag", __doc__, raw=True)
+    parser.add_argument("--shape", choices=SHAPES, default="fanout")
     parser.add_argument("--width", type=int, default=1000, help="parallel steps (fanout)")
     parser.add_argument("--length", type=int, default=200, help="steps in a row (chain)")
     parser.add_argument("--concurrency", type=int, default=4, help="worker slots")
-    parser.add_argument(
-        "--prefetch-window",
-        type=float,
-        default=None,
-        help=f"WorkerSettings.prefetch_window_s (default {DEFAULT_PREFETCH_WINDOW_S}; 0: off)",
-    )
+    add_prefetch_option(parser)
     parser.add_argument(
         "--warmup-steps",
         type=int,
@@ -140,21 +120,16 @@ def parse(argv: list[str] | None = None) -> Options:
     if ns.warmup_steps < 0:
         parser.error("--warmup-steps must not be negative")
     return Options(
-        db=backend_arg(str(ns.db)),
-        shape=shape_arg(str(ns.shape)),
+        **shared_options(ns),
+        shape=choice_arg(str(ns.shape), SHAPES, "shape"),
         width=int(ns.width),
         length=int(ns.length),
         concurrency=int(ns.concurrency),
-        synchronous=synchronous_arg(str(ns.sqlite_synchronous)),
-        prefetch_window_s=None if ns.prefetch_window is None else float(ns.prefetch_window),
+        prefetch_window_s=optional_float(ns.prefetch_window),
         warmup_steps=int(ns.warmup_steps),
         repeat=int(ns.repeat),
-        timeout_s=float(ns.timeout),
-        profile=None if ns.profile is None else str(ns.profile),
+        profile=optional_str(ns.profile),
         count_statements=bool(ns.count_statements),
-        quiet_wait_s=float(ns.quiet_wait),
-        sqlite_dir=None if ns.sqlite_dir is None else str(ns.sqlite_dir),
-        pg_admin_url=str(ns.pg_admin_url),
     )
 
 
@@ -260,7 +235,7 @@ async def run_execution(
 
 
 def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else rounded(seconds * 1000.0, 3)
+    return None if seconds is None else ms(seconds)
 
 
 async def run(url: str, opts: Options, profiler: cProfile.Profile | None) -> dict[str, Any]:
@@ -317,7 +292,6 @@ async def run(url: str, opts: Options, profiler: cProfile.Profile | None) -> dic
     commits = loop_commits + heartbeat_commits
     per_step = timed.total_s / opts.size
     target_s = FANOUT_TARGET_S if opts.shape == "fanout" else CHAIN_TARGET_PER_STEP_S * opts.size
-    window = DEFAULT_PREFETCH_WINDOW_S if opts.prefetch_window_s is None else opts.prefetch_window_s
     ok = (
         timed.outcome == EventType.EXECUTION_COMPLETED
         and execution.progress.completed == n_steps
@@ -329,10 +303,9 @@ async def run(url: str, opts: Options, profiler: cProfile.Profile | None) -> dic
         "width": opts.width if opts.shape == "fanout" else None,
         "length": opts.length if opts.shape == "chain" else None,
         "steps": n_steps,
-        "db": opts.db,
-        "sqlite_synchronous": opts.synchronous if opts.db == "sqlite" else None,
+        **db_figures(opts),
         "concurrency": opts.concurrency,
-        "prefetch_window_s": window,
+        "prefetch_window_s": prefetch_window(opts.prefetch_window_s),
         "warmup_steps": opts.warmup_steps,
         "total_s": rounded(timed.total_s, 4),
         # the chain's figure: total / length; for a fan-out: total / width
@@ -370,14 +343,13 @@ def describe(f: dict[str, Any]) -> str:
 
 
 def summary(f: dict[str, Any]) -> str:
-    db = f["db"] if f["db"] != "sqlite" else f"sqlite/{f['sqlite_synchronous']}"
     target = (
         f"target {f['target_s']:g} s"
         if f["shape"] == "fanout"
         else f"target {CHAIN_TARGET_PER_STEP_S * 1000:g} ms/step"
     )
     return (
-        f"dag {db}: {describe(f)} ({f['steps']} steps), concurrency {f['concurrency']} | "
+        f"dag {db_label(f)}: {describe(f)} ({f['steps']} steps), concurrency {f['concurrency']} | "
         f"total {f['total_s'] * 1000:.1f} ms ({f['per_step_ms']:.3f} ms/step, "
         f"{f['steps_per_s']:,} steps/s) -> {'MET' if f['met'] else 'MISSED'} ({target}) | "
         f"start_execution returned at {f['start_call_ms']:.1f} ms, committed at "
@@ -404,18 +376,10 @@ _MEDIAN_FIELDS = (
 
 def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over the rounds, plus every round's total."""
-    if len(rounds) == 1:
-        return rounds[0]
-    combined = dict(rounds[-1])
-    for name in _MEDIAN_FIELDS:
-        values = [r[name] for r in rounds if r[name] is not None]
-        combined[name] = statistics.median(values) if values else None
-    combined["repeat"] = len(rounds)
-    combined["total_s_all"] = [r["total_s"] for r in rounds]
-    combined["total_s_best"] = min(r["total_s"] for r in rounds)
-    combined["machine_cores_all"] = [r["machine_cores"] for r in rounds]
-    combined["met"] = combined["total_s"] <= combined["target_s"]
-    combined["ok"] = all(r["ok"] for r in rounds)
+    combined = combine_rounds(rounds, _MEDIAN_FIELDS, ("total_s", "machine_cores"))
+    if len(rounds) > 1:
+        combined["total_s_best"] = min(r["total_s"] for r in rounds)
+        combined["met"] = combined["total_s"] <= combined["target_s"]
     return combined
 
 
@@ -430,26 +394,10 @@ def print_statements(stats: StatementStats, n_steps: int) -> None:
         print(f"  {count:6d} ({count / n_steps:6.2f}/step)  {statement}", file=sys.stderr)
 
 
-def print_profile(profiler: cProfile.Profile, path: str) -> None:
-    profiler.dump_stats(path)
-    stats = pstats.Stats(profiler, stream=sys.stderr)
-    stats.sort_stats("tottime").print_stats(30)
-    stats.sort_stats("cumulative").print_stats(50)
-
-
 def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
     profiler = cProfile.Profile() if opts.profile else None
-    rounds: list[dict[str, Any]] = []
-    for _ in range(opts.repeat):
-        if opts.quiet_wait_s > 0:
-            wait_quiet(opts.quiet_wait_s)
-        with throwaway_database(
-            opts.db, pg_admin_url=opts.pg_admin_url, sqlite_dir=opts.sqlite_dir
-        ) as url:
-            figures = asyncio.run(run(url, opts, profiler))
-        print(summary(figures), flush=True)
-        rounds.append(figures)
+    rounds = run_rounds(opts, lambda url: run(url, opts, profiler), summary, opts.repeat)
     combined = combine(rounds)
     if len(rounds) > 1:
         print(
@@ -461,9 +409,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     if profiler is not None and opts.profile:
-        print_profile(profiler, opts.profile)
-    emit_json(combined)
-    return 0 if combined["ok"] else 1
+        profiler.dump_stats(opts.profile)
+        print_profile(profiler, 50)
+    return finish(combined)
 
 
 if __name__ == "__main__":

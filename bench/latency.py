@@ -14,7 +14,6 @@ is start minus submit; a few warm-up jobs and an idle pause come first and are n
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import time
@@ -26,26 +25,27 @@ from sqlalchemy import Connection, select
 
 from bench.apps import APP_SPEC, STARTS, app
 from bench.common import (
-    DEFAULT_PREFETCH_WINDOW_S,
-    Backend,
+    BenchOptions,
     ChildConfig,
     CountedWorker,
-    Synchronous,
     WorkerOptions,
     WorkerProcesses,
-    add_database_options,
-    backend_arg,
+    add_prefetch_option,
+    bench_parser,
     build_worker,
     count_unfinished,
     cpu_sample,
     cpu_usage,
-    emit_json,
+    db_figures,
+    db_label,
+    finish,
     make_settings,
+    ms,
+    optional_float,
     percentile,
-    rounded,
-    synchronous_arg,
-    throwaway_database,
-    wait_quiet,
+    prefetch_window,
+    run_rounds,
+    shared_options,
 )
 from conveyor.engine.core import Engine
 from conveyor.engine.models import JobSpec
@@ -55,25 +55,18 @@ from conveyor.store.schema import jobs
 
 
 @dataclass(frozen=True)
-class Options:
-    db: Backend
+class Options(BenchOptions):
     rate: float
     jobs: int
     warmup: int
     concurrency: int
     external: bool
-    synchronous: Synchronous
     prefetch_window_s: float | None
     idle_s: float
-    timeout_s: float
-    quiet_wait_s: float
-    sqlite_dir: str | None
-    pg_admin_url: str
 
 
 def parse(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__)
-    add_database_options(parser)
+    parser = bench_parser("python -m bench.latency", __doc__, raw=False)
     parser.add_argument("--rate", type=float, default=50.0, help="submissions per second")
     parser.add_argument("--jobs", type=int, default=1000, help="measured submissions")
     parser.add_argument("--warmup", type=int, default=20, help="submissions not counted")
@@ -81,12 +74,7 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--external", action="store_true", help="run the worker in a separate process"
     )
-    parser.add_argument(
-        "--prefetch-window",
-        type=float,
-        default=None,
-        help=f"WorkerSettings.prefetch_window_s (default {DEFAULT_PREFETCH_WINDOW_S}; 0: off)",
-    )
+    add_prefetch_option(parser)
     parser.add_argument(
         "--idle", type=float, default=1.0, help="seconds the worker idles before measuring"
     )
@@ -95,19 +83,14 @@ def parse(argv: list[str] | None = None) -> Options:
     if ns.rate <= 0 or ns.jobs < 1 or ns.warmup < 0 or ns.concurrency < 1:
         parser.error("--rate, --jobs and --concurrency must be positive")
     return Options(
-        db=backend_arg(str(ns.db)),
+        **shared_options(ns),
         rate=float(ns.rate),
         jobs=int(ns.jobs),
         warmup=int(ns.warmup),
         concurrency=int(ns.concurrency),
         external=bool(ns.external),
-        synchronous=synchronous_arg(str(ns.sqlite_synchronous)),
-        prefetch_window_s=None if ns.prefetch_window is None else float(ns.prefetch_window),
+        prefetch_window_s=optional_float(ns.prefetch_window),
         idle_s=float(ns.idle),
-        timeout_s=float(ns.timeout),
-        quiet_wait_s=float(ns.quiet_wait),
-        sqlite_dir=None if ns.sqlite_dir is None else str(ns.sqlite_dir),
-        pg_admin_url=str(ns.pg_admin_url),
     )
 
 
@@ -206,10 +189,6 @@ def achieved_rate(submitter: Submitter, seqs: Sequence[int]) -> float:
     return (len(seqs) - 1) / span if span > 0 else float("inf")
 
 
-def ms(seconds: float) -> float:
-    return rounded(seconds * 1000.0, 3)
-
-
 async def run(url: str, opts: Options) -> dict[str, Any]:
     runtime = Runtime(app, make_settings(url, opts.synchronous))
     engine = await runtime.open(upgrade=False)
@@ -262,17 +241,15 @@ async def run(url: str, opts: Options) -> dict[str, Any]:
     lat = sorted(latencies)
     enq = sorted(submitter.submitted[s].enqueue_s for s in measured)
     lag = sorted(submitter.submitted[s].lag_s for s in measured)
-    window = DEFAULT_PREFETCH_WINDOW_S if opts.prefetch_window_s is None else opts.prefetch_window_s
     return {
         "bench": "latency",
-        "db": opts.db,
-        "sqlite_synchronous": opts.synchronous if opts.db == "sqlite" else None,
+        **db_figures(opts),
         "worker": "external" if opts.external else "in-process",
         "rate": opts.rate,
         "achieved_rate": round(achieved_rate(submitter, measured), 1),
         "jobs": opts.jobs,
         "concurrency": opts.concurrency,
-        "prefetch_window_s": window,
+        "prefetch_window_s": prefetch_window(opts.prefetch_window_s),
         "p50_ms": ms(percentile(lat, 50)),
         "p95_ms": ms(percentile(lat, 95)),
         "p99_ms": ms(percentile(lat, 99)),
@@ -289,9 +266,8 @@ async def run(url: str, opts: Options) -> dict[str, Any]:
 
 
 def summary(f: dict[str, Any]) -> str:
-    db = f["db"] if f["db"] != "sqlite" else f"sqlite/{f['sqlite_synchronous']}"
     return (
-        f"latency {db}, {f['worker']} worker: {f['jobs']} jobs at {f['rate']:g}/s "
+        f"latency {db_label(f)}, {f['worker']} worker: {f['jobs']} jobs at {f['rate']:g}/s "
         f"(achieved {f['achieved_rate']:g}/s) | submit-to-start p50 {f['p50_ms']:.2f} ms, "
         f"p95 {f['p95_ms']:.2f} ms, p99 {f['p99_ms']:.2f} ms, max {f['max_ms']:.2f} ms "
         f"(mean {f['mean_ms']:.2f}) | enqueue call p50 {f['enqueue_p50_ms']:.2f} ms, "
@@ -302,15 +278,8 @@ def summary(f: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
-    if opts.quiet_wait_s > 0:
-        wait_quiet(opts.quiet_wait_s)
-    with throwaway_database(
-        opts.db, pg_admin_url=opts.pg_admin_url, sqlite_dir=opts.sqlite_dir
-    ) as url:
-        figures = asyncio.run(run(url, opts))
-    print(summary(figures), flush=True)
-    emit_json(figures)
-    return 0
+    (figures,) = run_rounds(opts, lambda url: run(url, opts), summary)
+    return finish(figures)
 
 
 if __name__ == "__main__":

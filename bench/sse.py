@@ -31,67 +31,57 @@ for the same cores, which shows in the latency.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import multiprocessing
 import os
 import queue
-import secrets
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue as MpQueue
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx2 as httpx
 
 from bench.apps import APP_SPEC
 from bench.common import (
-    Backend,
-    Synchronous,
-    add_database_options,
-    backend_arg,
+    API,
+    CONVEYOR,
+    BenchOptions,
+    Server,
+    bench_parser,
+    conveyor_serve,
     cpu_sample,
     cpu_usage,
-    emit_json,
+    finish,
+    gather_reports,
+    login,
     percentile,
+    process_cpu_s,
+    process_memory_kb,
     rounded,
-    synchronous_arg,
-    throwaway_database,
-    wait_quiet,
+    run_rounds,
+    shared_options,
+    wait_ready,
 )
 
-API = "/api/v1"
-ADMIN = "bench-admin"
-REPO = Path(__file__).resolve().parent.parent
-CONVEYOR = str(Path(sys.executable).parent / "conveyor")
 #: SSE connections a client process opens at once while connecting
 CONNECT_BATCH = 50
 
 
 @dataclass(frozen=True)
-class Options:
-    db: Backend
+class Options(BenchOptions):
     subscribers: int
     rate: float
     duration: float
     jobs: int
     client_processes: int
     publisher: str
-    synchronous: Synchronous
-    timeout_s: float
-    quiet_wait_s: float
-    sqlite_dir: str | None
-    pg_admin_url: str
 
     @property
     def per_job(self) -> int:
@@ -100,12 +90,7 @@ class Options:
 
 
 def parse(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.sse",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_database_options(parser)
+    parser = bench_parser("python -m bench.sse", __doc__, raw=True)
     parser.add_argument("--subscribers", type=int, default=1000, help="SSE connections")
     parser.add_argument("--rate", type=float, default=10.0, help="events/s per job")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of publishing")
@@ -129,157 +114,34 @@ def parse(argv: list[str] | None = None) -> Options:
     if ns.rate <= 0 or ns.duration <= 0:
         parser.error("--rate and --duration must be positive")
     return Options(
-        db=backend_arg(str(ns.db)),
+        **shared_options(ns),
         subscribers=int(ns.subscribers),
         rate=float(ns.rate),
         duration=float(ns.duration),
         jobs=int(ns.jobs),
         client_processes=min(int(ns.client_processes), int(ns.subscribers)),
         publisher=str(ns.publisher),
-        synchronous=synchronous_arg(str(ns.sqlite_synchronous)),
-        timeout_s=float(ns.timeout),
-        quiet_wait_s=float(ns.quiet_wait),
-        sqlite_dir=None if ns.sqlite_dir is None else str(ns.sqlite_dir),
-        pg_admin_url=str(ns.pg_admin_url),
     )
 
 
 # -- the server (and the publisher's worker process) --------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def process_cpu_s(pid: int) -> float | None:
-    """CPU seconds (user + system) a process has used, from /proc/<pid>/stat."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            raw = handle.read()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()  # the name may hold spaces
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def process_memory_kb(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) of a process, in KiB, from /proc/<pid>/status."""
-    found: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                name, _, value = line.partition(":")
-                if name in ("VmRSS", "VmHWM"):
-                    found[name] = int(value.split()[0])
-    except OSError:
-        pass
-    return found
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    host: str
-    port: int
-    password: str
-    log: IO[bytes]
-    worker: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def log_tail(self, lines: int = 30) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return "\n".join(self.log.read().decode(errors="replace").splitlines()[-lines:])
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(45)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @contextlib.contextmanager
 def running_server(url: str, opts: Options) -> Iterator[Server]:
-    port = free_port()
-    password = secrets.token_urlsafe(18)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")},
-        "CONVEYOR_ADMIN_USERNAME": ADMIN,
-        "CONVEYOR_ADMIN_PASSWORD": password,
-        "CONVEYOR_JWT_SECRET": secrets.token_urlsafe(48),
-        "CONVEYOR_SQLITE_SYNCHRONOUS": opts.synchronous,
-        # every subscriber signs in as the same user
-        "CONVEYOR_MAX_STREAMS_PER_USER": str(opts.subscribers + 100),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
     embedded = opts.jobs + 1 if opts.publisher == "embedded" else 0
-    command = [
-        CONVEYOR,
-        "serve",
-        "--app",
-        APP_SPEC,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(embedded),
-        "--database-url",
+    with conveyor_serve(
         url,
-        "--log-level",
-        "warning",
-    ]
-    with tempfile.TemporaryFile(prefix="conveyor_bench_sse_") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        server = Server(process, "127.0.0.1", port, password, log)
-        try:
-            if opts.publisher == "process":
-                worker_command = [CONVEYOR, "worker", "--app", APP_SPEC, "-d", url]
-                worker_command += ["--concurrency", str(opts.jobs + 1)]
-                server.worker = subprocess.Popen(
-                    worker_command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-                )
-            yield server
-        finally:
-            if server.worker is not None:
-                _stop(server.worker)
-            _stop(process)
-
-
-async def wait_ready(server: Server, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=5.0) as client:
-        while True:
-            if server.process.poll() is not None:
-                raise RuntimeError(
-                    f"the server exited ({server.process.returncode}):\n{server.log_tail()}"
-                )
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/readyz")).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the server did not get ready:\n{server.log_tail()}")
-            await asyncio.sleep(0.05)
-
-
-async def login(server: Server) -> str:
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=30.0) as client:
-        response = await client.post(
-            f"{API}/auth/token", json={"username": ADMIN, "password": server.password}
-        )
-        response.raise_for_status()
-        token: str = response.json()["access_token"]
-        return token
+        opts.synchronous,
+        workers=embedded,
+        # every subscriber signs in as the same user
+        extra_env={"CONVEYOR_MAX_STREAMS_PER_USER": str(opts.subscribers + 100)},
+        clean_env=True,
+    ) as server:
+        if opts.publisher == "process":
+            worker_command = [CONVEYOR, "worker", "--app", APP_SPEC, "-d", url]
+            server.start_companion([*worker_command, "--concurrency", str(opts.jobs + 1)])
+        yield server
 
 
 # -- subscribers (in client processes) ------------------------------------------------------------
@@ -496,20 +358,7 @@ class Clients:
         return connected
 
     async def results(self, timeout_s: float) -> list[ClientReport]:
-        reports: list[ClientReport] = []
-        deadline = time.monotonic() + timeout_s
-        while len(reports) < len(self.processes) and time.monotonic() < deadline:
-            try:
-                reports.append(await asyncio.to_thread(self.reports.get, True, 0.5))
-            except queue.Empty:
-                if all(p.exitcode is not None for p in self.processes):
-                    break
-        for process in self.processes:
-            await asyncio.to_thread(process.join, max(0.0, deadline - time.monotonic()))
-            if process.exitcode is None:
-                process.kill()
-                process.join()
-        return reports
+        return await gather_reports(self.reports, self.processes, timeout_s)
 
 
 def start_clients(server: Server, token: str, job_ids: list[str], opts: Options) -> Clients:
@@ -712,15 +561,8 @@ def summary(f: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
-    if opts.quiet_wait_s > 0:
-        wait_quiet(opts.quiet_wait_s)
-    with throwaway_database(
-        opts.db, pg_admin_url=opts.pg_admin_url, sqlite_dir=opts.sqlite_dir
-    ) as url:
-        result = asyncio.run(run(url, opts))
-    print(summary(result), flush=True)
-    emit_json(result)
-    return 0 if result["ok"] else 1
+    (result,) = run_rounds(opts, lambda url: run(url, opts), summary)
+    return finish(result)
 
 
 if __name__ == "__main__":

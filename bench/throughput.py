@@ -15,10 +15,8 @@ polling), worker processes are watched with a count of unfinished rows every
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import cProfile
-import pstats
 import statistics
 import sys
 import time
@@ -27,25 +25,29 @@ from typing import Any
 
 from bench.apps import APP_SPEC, app
 from bench.common import (
-    DEFAULT_PREFETCH_WINDOW_S,
-    Backend,
+    BenchOptions,
     ChildConfig,
-    Synchronous,
     WorkerOptions,
     WorkerProcesses,
-    add_database_options,
-    backend_arg,
+    add_prefetch_option,
+    bench_parser,
     build_worker,
+    combine_rounds,
     count_unfinished,
     cpu_sample,
     cpu_usage,
-    emit_json,
+    db_figures,
+    db_label,
+    finish,
     make_settings,
+    optional_float,
+    optional_str,
+    prefetch_window,
+    print_profile,
     rounded,
+    run_rounds,
+    shared_options,
     status_counts,
-    synchronous_arg,
-    throwaway_database,
-    wait_quiet,
 )
 from conveyor.engine.models import JobSpec
 from conveyor.runtime import Runtime
@@ -55,21 +57,15 @@ CHUNK = 1000
 
 
 @dataclass(frozen=True)
-class Options:
-    db: Backend
+class Options(BenchOptions):
     jobs: int
     concurrency: int
-    synchronous: Synchronous
     prefetch_window_s: float | None
     processes: int
     poll_ms: float
-    timeout_s: float
     profile: str | None
     repeat: int
-    quiet_wait_s: float
     analyze: bool
-    sqlite_dir: str | None
-    pg_admin_url: str
 
 
 @dataclass
@@ -83,16 +79,10 @@ class Drain:
 
 
 def parse(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__)
-    add_database_options(parser)
+    parser = bench_parser("python -m bench.throughput", __doc__, raw=False)
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=4, help="slots per worker")
-    parser.add_argument(
-        "--prefetch-window",
-        type=float,
-        default=None,
-        help=f"WorkerSettings.prefetch_window_s (default {DEFAULT_PREFETCH_WINDOW_S}; 0: off)",
-    )
+    add_prefetch_option(parser)
     parser.add_argument(
         "--processes",
         type=int,
@@ -127,20 +117,15 @@ def parse(argv: list[str] | None = None) -> Options:
     if ns.profile and ns.processes:
         parser.error("--profile profiles the in-process worker: not with --processes")
     return Options(
-        db=backend_arg(str(ns.db)),
+        **shared_options(ns),
         jobs=int(ns.jobs),
         concurrency=int(ns.concurrency),
-        synchronous=synchronous_arg(str(ns.sqlite_synchronous)),
-        prefetch_window_s=None if ns.prefetch_window is None else float(ns.prefetch_window),
+        prefetch_window_s=optional_float(ns.prefetch_window),
         processes=int(ns.processes),
         poll_ms=float(ns.poll_ms),
-        timeout_s=float(ns.timeout),
-        profile=None if ns.profile is None else str(ns.profile),
+        profile=optional_str(ns.profile),
         repeat=int(ns.repeat),
-        quiet_wait_s=float(ns.quiet_wait),
         analyze=bool(ns.analyze),
-        sqlite_dir=None if ns.sqlite_dir is None else str(ns.sqlite_dir),
-        pg_admin_url=str(ns.pg_admin_url),
     )
 
 
@@ -187,9 +172,7 @@ async def drain_in_process(runtime: Runtime, opts: Options) -> Drain:
     await worker.stop()
     if profiler is not None and opts.profile:
         profiler.dump_stats(opts.profile)
-        stats = pstats.Stats(profiler, stream=sys.stderr)
-        stats.sort_stats("tottime").print_stats(30)
-        stats.sort_stats("cumulative").print_stats(40)
+        print_profile(profiler, 40)
     return drain
 
 
@@ -247,16 +230,14 @@ async def run(url: str, opts: Options) -> dict[str, Any]:
         counts = await status_counts(runtime.engine.db)
     finally:
         await runtime.close()
-    window = DEFAULT_PREFETCH_WINDOW_S if opts.prefetch_window_s is None else opts.prefetch_window_s
     commits = drain.commits + drain.heartbeat_commits
     return {
         "bench": "throughput",
-        "db": opts.db,
-        "sqlite_synchronous": opts.synchronous if opts.db == "sqlite" else None,
+        **db_figures(opts),
         "jobs": opts.jobs,
         "concurrency": opts.concurrency,
         "processes": opts.processes,
-        "prefetch_window_s": window,
+        "prefetch_window_s": prefetch_window(opts.prefetch_window_s),
         "enqueue_s": rounded(enqueue_s),
         "enqueue_jobs_per_s": round(opts.jobs / enqueue_s),
         "drain_s": rounded(drain.seconds),
@@ -282,10 +263,9 @@ async def analyze(db: Database) -> None:
 
 
 def summary(f: dict[str, Any]) -> str:
-    db = f["db"] if f["db"] != "sqlite" else f"sqlite/{f['sqlite_synchronous']}"
     workers = f"{f['processes']} processes" if f["processes"] else "1 worker in-process"
     return (
-        f"throughput {db}: {f['jobs']} jobs, concurrency {f['concurrency']}, {workers}, "
+        f"throughput {db_label(f)}: {f['jobs']} jobs, concurrency {f['concurrency']}, {workers}, "
         f"prefetch window {f['prefetch_window_s']}s{', analyzed' if f['analyzed'] else ''} | "
         f"enqueue {f['enqueue_jobs_per_s']:,} jobs/s ({f['enqueue_s']:.2f}s) | "
         f"drain {f['drain_jobs_per_s']:,} jobs/s ({f['drain_s']:.2f}s) | "
@@ -309,33 +289,18 @@ _MEDIAN_FIELDS = (
 
 def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """One set of figures for several rounds: medians, plus every round's rates."""
-    if len(rounds) == 1:
-        return rounds[0]
-    combined = dict(rounds[-1])
-    for name in _MEDIAN_FIELDS:
-        combined[name] = statistics.median(r[name] for r in rounds)
-    combined["commits"] = round(statistics.median(r["commits"] for r in rounds))
-    combined["repeat"] = len(rounds)
-    combined["drain_jobs_per_s_all"] = [r["drain_jobs_per_s"] for r in rounds]
-    combined["enqueue_jobs_per_s_all"] = [r["enqueue_jobs_per_s"] for r in rounds]
-    combined["drain_machine_cores_all"] = [r["drain_machine_cores"] for r in rounds]
-    combined["drain_jobs_per_s_best"] = max(r["drain_jobs_per_s"] for r in rounds)
-    combined["ok"] = all(r["ok"] for r in rounds)
+    combined = combine_rounds(
+        rounds, _MEDIAN_FIELDS, ("drain_jobs_per_s", "enqueue_jobs_per_s", "drain_machine_cores")
+    )
+    if len(rounds) > 1:
+        combined["commits"] = round(statistics.median(r["commits"] for r in rounds))
+        combined["drain_jobs_per_s_best"] = max(r["drain_jobs_per_s"] for r in rounds)
     return combined
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
-    rounds: list[dict[str, Any]] = []
-    for _ in range(opts.repeat):
-        if opts.quiet_wait_s > 0:
-            wait_quiet(opts.quiet_wait_s)
-        with throwaway_database(
-            opts.db, pg_admin_url=opts.pg_admin_url, sqlite_dir=opts.sqlite_dir
-        ) as url:
-            figures = asyncio.run(run(url, opts))
-        print(summary(figures), flush=True)
-        rounds.append(figures)
+    rounds = run_rounds(opts, lambda url: run(url, opts), summary, opts.repeat)
     combined = combine(rounds)
     if len(rounds) > 1:
         print(
@@ -346,8 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{combined['commits_per_job']:.4f} commits/job",
             flush=True,
         )
-    emit_json(combined)
-    return 0 if combined["ok"] else 1
+    return finish(combined)
 
 
 if __name__ == "__main__":
