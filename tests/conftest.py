@@ -131,9 +131,15 @@ def open_db(db_url: str) -> Callable[[], Database]:
 
 
 async def wait_until(
-    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    *,
+    what: str = "condition",
+    details: Callable[[], str] | None = None,
 ) -> Any:
-    """Poll an async or sync predicate until it returns something truthy."""
+    """Poll an async or sync predicate until it returns something truthy; on timeout,
+    fail naming ``what`` and ``details()`` (a process's output, say)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         value = predicate()
@@ -142,5 +148,6 @@ async def wait_until(
         if value:
             return value
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            extra = f"\n{details()}" if details is not None else ""
+            raise AssertionError(f"{what}: not met within {timeout}s{extra}")
         await asyncio.sleep(interval)

@@ -22,10 +22,10 @@ from sqlalchemy import create_engine, update
 
 from conveyor.store.schema import users
 from conveyor.store.url import sync_url
-from tests.api.conftest import JWT_SECRET, Server, start_server, stop_server
+from tests.servers import JWT_SECRET, Server, assert_problem, start_server, stop_server
+from tests.servers import claims as user_claims
 
 API = "/api/v1"
-PROBLEM_JSON = "application/problem+json"
 INTERNAL_FIELDS = ("lease_token", "password_hash", "request_hash")
 PUBLIC_PATHS = {f"{API}/auth/token", "/healthz", "/readyz", "/metrics"}
 OTHER_SECRET = "y" * 48
@@ -58,18 +58,6 @@ def api(server: Server, token: str | None) -> httpx.Client:
     return client
 
 
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, (
-        f"{response.request.method} {response.request.url}: expected {status}, "
-        f"got {response.status_code}: {response.text}"
-    )
-    assert response.headers["content-type"].startswith(PROBLEM_JSON), response.headers
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert isinstance(body["title"], str) and body["title"]
-    return body
-
-
 def assert_unauthorized(response: httpx.Response) -> dict[str, Any]:
     body = assert_problem(response, 401)
     assert response.headers.get("www-authenticate", "").lower().startswith("bearer"), (
@@ -79,24 +67,8 @@ def assert_unauthorized(response: httpx.Response) -> dict[str, Any]:
 
 
 def claims(subject: str, **changes: Any) -> dict[str, Any]:
-    """Valid claims for ``subject``; a change to ``None`` removes the claim."""
-    now = int(time.time())
-    found: dict[str, Any] = {
-        "sub": subject,
-        "name": "forged",
-        "roles": ["admin"],
-        "iat": now,
-        "nbf": now,
-        "exp": now + 600,
-        "iss": "conveyor",
-        "aud": "conveyor",
-    }
-    for key, value in changes.items():
-        if value is None:
-            found.pop(key, None)
-        else:
-            found[key] = value
-    return found
+    """Valid admin claims for ``subject``; a change to ``None`` removes the claim."""
+    return user_claims(subject, **{"roles": ["admin"], **changes})
 
 
 def sign(

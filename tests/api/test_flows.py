@@ -14,10 +14,10 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from tests.api.conftest import Server, wait_json
+from tests.api.conftest import wait_json
+from tests.servers import Server, assert_problem
 
 API = "/api/v1"
-PROBLEM_JSON = "application/problem+json"
 INTERNAL_FIELDS = ("lease_token", "password_hash", "request_hash")
 JOB_STATUSES = {
     "pending",
@@ -55,15 +55,6 @@ def api(server: Server, token: str | None) -> httpx.Client:
     client = server.client(token)
     client.event_hooks = {"request": [], "response": [check_response]}
     return client
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM_JSON), response.headers
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert isinstance(body["title"], str) and body["title"]
-    return body
 
 
 def wait_job(client: httpx.Client, job_id: str, done: Callable[[dict[str, Any]], bool]) -> Any:

@@ -21,7 +21,8 @@ import httpx2 as httpx
 import pytest
 
 from conveyor.domain.ids import new_id
-from tests.api.conftest import Server, wait_json
+from tests.api.conftest import wait_json
+from tests.servers import Server
 
 API = "/api/v1"
 TERMINAL = ("completed", "failed", "cancelled")

@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
@@ -21,73 +19,15 @@ import pytest
 
 from conveyor.domain.ids import new_id
 from conveyor.llm.prices import BUILTIN_PRICES
-from tests.api.conftest import (
-    ADMIN_PASSWORD,
-    CONVEYOR,
-    JWT_SECRET,
-    ROOT,
-    Server,
-    free_port,
-    login,
-    stop_server,
-    wait_json,
-)
+from tests.api.conftest import CONVEYOR, ROOT, wait_json
 from tests.conftest import reset_pg
+from tests.servers import FAKE_LLM, Server, start_server, stop_server
 
 API = "/api/v1"
 EXAMPLES_APP = "examples.app:app"
 VAGUE_QUESTION = "AI costs"
 FOCUS = "cost-aware routing between language models"
 CLEAR_QUESTION = "How do language model agents use tools safely?"
-LLM_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY")
-
-
-def start_app_server(
-    database_url: str, tmp: Path, app: str = EXAMPLES_APP, extra_env: dict[str, str] | None = None
-) -> Server:
-    """``conveyor serve --app <app>`` on a free port (as tests/api/conftest.py does for
-    the API test app), with the fake LLM provider whatever the environment holds."""
-    port = free_port()
-    log = tmp / f"server-{port}.log"
-    env = {
-        k: v for k, v in os.environ.items() if k not in LLM_ENV and not k.startswith("CONVEYOR_")
-    }
-    env.update(
-        {
-            "CONVEYOR_DATABASE_URL": database_url,
-            "CONVEYOR_ADMIN_USERNAME": "admin",
-            "CONVEYOR_ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "CONVEYOR_JWT_SECRET": JWT_SECRET,
-            "CONVEYOR_SWEEP_INTERVAL_S": "0.2",
-            "CONVEYOR_POLL_MAX_S": "0.2",
-            "CONVEYOR_CANCEL_GRACE_S": "1",
-            "CONVEYOR_DRAIN_TIMEOUT_S": "2",
-            "CONVEYOR_LOGIN_MAX_FAILURES": "1000",
-            "CONVEYOR_LLM_PROVIDER": "fake",
-            **(extra_env or {}),
-        }
-    )
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [CONVEYOR, "serve", "--app", app, "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90  # generous: a loaded CI box starts slowly
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"server did not start:\n{log.read_text()}")
-        time.sleep(0.1)
-    return Server(base, database_url, process, log, login(base, "admin", ADMIN_PASSWORD))
 
 
 @pytest.fixture(
@@ -102,7 +42,7 @@ def server(
     else:
         url = request.getfixturevalue("pg_url")
         reset_pg(url)
-    running = start_app_server(url, tmp)
+    running = start_server(url, tmp, app=EXAMPLES_APP, extra_env=FAKE_LLM)
     try:
         yield running
     finally:

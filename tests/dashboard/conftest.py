@@ -9,11 +9,9 @@ locally and fail in CI.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,19 +22,9 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from sqlalchemy import create_engine, text
 
-from tests.acceptance.conftest import CONVEYOR_BIN, process_env
-from tests.api.conftest import (
-    ADMIN_PASSWORD,
-    JWT_SECRET,
-    ROOT,
-    Server,
-    free_port,
-    login,
-    stop_server,
-)
-from tests.conftest import IN_CI, PG_ADMIN_URL
+from tests.conftest import IN_CI
+from tests.servers import FAKE_LLM, Server, login, own_database, start_server, stop_server
 
 APP = "tests.apps.dashboard_app:app"
 API = "/api/v1"
@@ -62,60 +50,9 @@ TERMINAL = ("completed", "failed", "cancelled")
 
 
 def start_dashboard_server(database_url: str, tmp: Path, app: str = APP) -> Server:
-    """``conveyor serve --app <app>`` on 127.0.0.1; waits for /readyz, logs in as admin."""
-    port = free_port()
-    log = tmp / f"server-{port}.log"
-    env = process_env(
-        {
-            "CONVEYOR_DATABASE_URL": database_url,
-            "CONVEYOR_ADMIN_USERNAME": "admin",
-            "CONVEYOR_ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "CONVEYOR_JWT_SECRET": JWT_SECRET,
-            "CONVEYOR_SWEEP_INTERVAL_S": "0.2",
-            "CONVEYOR_POLL_MAX_S": "0.2",
-            "CONVEYOR_CANCEL_GRACE_S": "1",
-            "CONVEYOR_DRAIN_TIMEOUT_S": "2",
-            "CONVEYOR_LOGIN_MAX_FAILURES": "1000",
-            "CONVEYOR_LLM_PROVIDER": "fake",
-        }
-    )
-    args = [str(CONVEYOR_BIN), "serve", "--app", app, "--port", str(port)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60  # a loaded CI machine can take its time
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            process.wait()
-            raise AssertionError(f"server did not start:\n{log.read_text()}")
-        time.sleep(0.1)
-    return Server(base, database_url, process, log, login(base, "admin", ADMIN_PASSWORD))
-
-
-@contextlib.contextmanager
-def pg_database() -> Iterator[str]:
-    """An empty PostgreSQL database of its own (the server migrates it on start)."""
-    name = f"conveyor_dashboard_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(
-        PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1),
-        isolation_level="AUTOCOMMIT",
-    )
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    """``conveyor serve --app <app>`` on 127.0.0.1 with the fake LLM provider; waits for
+    /readyz, logs in as admin."""
+    return start_server(database_url, tmp, app=app, extra_env=FAKE_LLM)
 
 
 @pytest.fixture(scope="session")
@@ -133,7 +70,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def pg_server(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[Server]:
     """The same on PostgreSQL (``pg_url`` skips without it, or fails in CI)."""
     tmp = tmp_path_factory.mktemp("dashboard-postgres")
-    with pg_database() as url:
+    with own_database("postgres", tmp, label="dashboard") as url:
         running = start_dashboard_server(url, tmp)
         try:
             yield running

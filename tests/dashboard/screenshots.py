@@ -16,7 +16,7 @@ from pathlib import Path
 from playwright.sync_api import Page, sync_playwright
 
 from tests.acceptance.conftest import CONVEYOR_BIN, process_env
-from tests.api.conftest import ADMIN_PASSWORD, ROOT, Server, stop_server
+from tests.api.conftest import ROOT
 from tests.dashboard.conftest import (
     API,
     CHROMIUM,
@@ -25,6 +25,7 @@ from tests.dashboard.conftest import (
     api_wait,
     start_dashboard_server,
 )
+from tests.servers import ADMIN_PASSWORD, Server, stop_server
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "img"
 QUESTIONS = [

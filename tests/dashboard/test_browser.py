@@ -9,8 +9,8 @@ import uuid
 
 from playwright.sync_api import Page, expect
 
-from tests.api.conftest import Server
 from tests.dashboard.conftest import API, new_account, sign_in, watch
+from tests.servers import Server
 
 XSS = "<script>alert(1)</script> and <img src=x onerror=alert(1)>"
 

@@ -10,7 +10,6 @@ import uuid
 import httpx2 as httpx
 import pytest
 
-from tests.api.conftest import Server
 from tests.dashboard.conftest import (
     API,
     CSP,
@@ -21,6 +20,7 @@ from tests.dashboard.conftest import (
     csrf_of,
     new_account,
 )
+from tests.servers import Server
 
 SSE = {"Accept": "text/event-stream"}
 #: specific enough (a focus is given) that the research runs without asking

@@ -33,17 +33,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx2 as httpx
-
 from conveyor import Context, Conveyor
 from conveyor.domain.graph import Step
 from conveyor.domain.questions import Question
 from conveyor.errors import LeaseLostError
 from conveyor.workflows import Workflow
 from tests.acceptance.conftest import CONVEYOR_BIN, Proc, Processes, process_env
-from tests.api.conftest import ADMIN_PASSWORD, JWT_SECRET, Server, free_port, login
 from tests.faults.harness import FAST
 from tests.faults.ledger import append_execution, executed_before, ledger_path, write_effect
+from tests.servers import Server, free_port, ready_server, serve_command, server_env
 
 APP = "tests.faults.app_extra:app"
 app = Conveyor("faults-extra")
@@ -181,20 +179,6 @@ def _try_memo_sync(ctx: Context, ticks: int) -> bool:
 # -- starting processes --------------------------------------------------------------------
 
 
-def api_env(database_url: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    return process_env(
-        {
-            "CONVEYOR_DATABASE_URL": database_url,
-            "CONVEYOR_ADMIN_USERNAME": "admin",
-            "CONVEYOR_ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "CONVEYOR_JWT_SECRET": JWT_SECRET,
-            "CONVEYOR_LOGIN_MAX_FAILURES": "1000",
-            **FAST,
-            **(extra or {}),
-        }
-    )
-
-
 def serve(
     procs: Processes,
     database_url: str,
@@ -202,27 +186,17 @@ def serve(
     name: str = "api",
     port: int | None = None,
     extra_env: Mapping[str, str] | None = None,
-    timeout: float = 45.0,
 ) -> Server:
-    """``conveyor serve --workers 0`` (API only) on this app; waits for /readyz and logs
-    in as admin. ``port``: the port of an earlier incarnation (a restart)."""
+    """``conveyor serve --workers 0`` (API only) on this app with the fast lease settings,
+    started as one of ``procs``; waits for /readyz and logs in as admin. ``port``: the
+    port of an earlier incarnation (a restart)."""
     port = port or free_port()
-    args = [str(CONVEYOR_BIN), "serve", "--app", APP, "--port", str(port), "--workers", "0"]
-    proc = procs.spawn(name, args, api_env(database_url, extra_env))
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if not proc.alive() or time.monotonic() > deadline:
-            raise AssertionError(f"{name} did not start\n{proc.diagnostics()}")
-        time.sleep(0.05)
-    return Server(
-        base, database_url, proc.popen, proc.stdout_path, login(base, "admin", ADMIN_PASSWORD)
+    proc = procs.spawn(
+        name,
+        serve_command(port, APP, workers=0),
+        server_env(database_url, extra_env, settings=FAST),
     )
+    return ready_server(proc.popen, port, database_url, proc.stdout_path, output=proc.diagnostics)
 
 
 def api_port(server: Server) -> int:

@@ -14,7 +14,6 @@ import os
 import random
 import re
 import statistics
-import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -22,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx2 as httpx
 from sqlalchemy import Engine as SyncEngine
 from sqlalchemy import create_engine, select
 
@@ -41,16 +39,9 @@ from tests.acceptance.conftest import (
     registered_worker,
     wait_for_jobs,
 )
-from tests.api.conftest import (
-    ADMIN_PASSWORD,
-    CONVEYOR,
-    JWT_SECRET,
-    ROOT,
-    Server,
-    free_port,
-    login,
-)
+from tests.conftest import wait_until
 from tests.faults.ledger import LEDGER_ENV
+from tests.servers import API_APP, Server, start_server
 
 FAULTS_APP = "tests.faults.app:app"
 
@@ -257,59 +248,32 @@ class ClientLog:
 # -- the HTTP API ------------------------------------------------------------------------
 
 
+#: the settings of :func:`serve_api`'s servers: fast sweeps and polls, the default cancel
+#: grace and drain
+SERVE_API_SETTINGS = {"CONVEYOR_SWEEP_INTERVAL_S": "0.2", "CONVEYOR_POLL_MAX_S": "0.2"}
+
+
 def serve_api(
     database_url: str,
     tmp: Path,
     extra_env: Mapping[str, str] | None = None,
-    timeout: float = 90.0,
     *,
-    app: str = "tests.apps.api_app:app",
+    app: str = API_APP,
     args: Sequence[str] = (),
 ) -> Server:
-    """``conveyor serve --app tests.apps.api_app:app`` as tests/api/conftest.py's
-    ``start_server`` starts it (admin user, JWT secret, fast sweep; ``app`` and extra CLI
-    ``args`` such as ``["--workers", "0"]`` may differ), with a longer start-up
-    deadline (importing Conveyor takes many seconds on a loaded machine), and never left
-    running when the start fails or the test times out. Stop it with
-    ``tests.api.conftest.stop_server``, or SIGKILL ``server.process`` (ours)."""
-    port = free_port()
-    log = tmp / f"server-{port}.log"
-    env = {
-        **os.environ,
-        "CONVEYOR_DATABASE_URL": database_url,
-        "CONVEYOR_ADMIN_USERNAME": "admin",
-        "CONVEYOR_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "CONVEYOR_JWT_SECRET": JWT_SECRET,
-        "CONVEYOR_SWEEP_INTERVAL_S": "0.2",
-        "CONVEYOR_POLL_MAX_S": "0.2",
-        "CONVEYOR_LOGIN_MAX_FAILURES": "1000",
-        **(extra_env or {}),
-    }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [CONVEYOR, "serve", "--app", app, "--port", str(port), *args],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not start:\n{log.read_text()}")
-            time.sleep(0.1)
-        return Server(base, database_url, process, log, login(base, "admin", ADMIN_PASSWORD))
-    except BaseException:  # a failure or a test timeout: never leave the server running
-        process.kill()
-        process.wait()
-        raise
+    """``conveyor serve --app tests.apps.api_app:app`` through
+    :func:`tests.servers.start_server` (admin user, JWT secret, fast sweep; ``app`` and
+    extra CLI ``args`` such as ``["--workers", "0"]`` may differ); never left running
+    when the start fails or the test times out. Stop it with
+    ``tests.servers.stop_server``, or SIGKILL ``server.process`` (ours)."""
+    return start_server(
+        database_url,
+        tmp,
+        app=app,
+        args=args,
+        settings=SERVE_API_SETTINGS,
+        extra_env=extra_env,
+    )
 
 
 # -- reading the database directly -------------------------------------------------------
@@ -409,18 +373,10 @@ async def wait_for(
     fleet: Fleet | None = None,
     interval: float = 0.02,
 ) -> Any:
-    """Poll ``predicate`` (sync or async) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            extra = f"\n{fleet.diagnostics()}" if fleet is not None else ""
-            raise AssertionError(f"{what}: not within {timeout}s{extra}")
-        await asyncio.sleep(interval)
+    """Poll ``predicate`` (sync or async) until it returns something truthy; a timeout
+    shows the fleet's output."""
+    details = fleet.diagnostics if fleet is not None else None
+    return await wait_until(predicate, timeout, interval, what=what, details=details)
 
 
 async def wait_terminal(

@@ -1,7 +1,7 @@
 """Helpers of the storage fault scenarios (R10, R12, R13, R14 in tests/faults/).
 
-* :func:`start_api` starts a real ``conveyor serve`` like ``tests/api/conftest.py`` does,
-  but with any app, any number of embedded worker slots and an optional command prefix
+* :func:`start_api` starts a real ``conveyor serve`` through ``tests/servers.py`` with
+  any app, any number of embedded worker slots and an optional command prefix
   (``unshare -m sh -c ...`` for a private tmpfs, or a libfaketime environment).
 * PostgreSQL backends of the test's own database are found in ``pg_stat_activity`` by
   ``application_name`` (set per process with libpq's ``PGAPPNAME``) and terminated.
@@ -33,28 +33,16 @@ from sqlalchemy import Engine as SyncEngine
 from sqlalchemy import select, text
 
 from conveyor.store.schema import events
-from tests.acceptance.conftest import CONVEYOR_BIN, REPO_ROOT, process_env
-from tests.api.conftest import ADMIN_PASSWORD, JWT_SECRET, Server, free_port, login
 from tests.conftest import IN_CI
 from tests.faults.harness import ClientLog
 from tests.faults.ledger import Ledger
+from tests.servers import Server, start_server
 
 # -- a real API server -------------------------------------------------------------------
 
 
-def api_env(database_url: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of ``conveyor serve`` in these tests (no outside CONVEYOR_*)."""
-    return process_env(
-        {
-            "CONVEYOR_DATABASE_URL": database_url,
-            "CONVEYOR_ADMIN_USERNAME": "admin",
-            "CONVEYOR_ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "CONVEYOR_JWT_SECRET": JWT_SECRET,
-            "CONVEYOR_LOGIN_MAX_FAILURES": "1000",
-            "CONVEYOR_DRAIN_TIMEOUT_S": "5",
-            **(extra or {}),
-        }
-    )
+#: what the servers here run with: a longer drain, other settings at their defaults
+STORAGE_SETTINGS = {"CONVEYOR_DRAIN_TIMEOUT_S": "5"}
 
 
 def start_api(
@@ -65,59 +53,21 @@ def start_api(
     workers: int = 0,
     env: Mapping[str, str] | None = None,
     prefix: Sequence[str] = (),
-    timeout: float = 45.0,
 ) -> Server:
-    """``[prefix...] conveyor serve --app APP --workers N`` on a free port; waits for
-    ``/readyz`` and logs the admin in. ``log`` receives stdout and stderr."""
-    port = free_port()
-    args = [
-        *prefix,
-        str(CONVEYOR_BIN),
-        "serve",
-        "--app",
-        app,
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-    ]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            args,
-            cwd=REPO_ROOT,
-            env=api_env(database_url, env),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            process.wait(10)
-            raise AssertionError(f"server did not start ({args}):\n{log.read_text()}")
-        time.sleep(0.1)
-    return Server(base, database_url, process, log, login(base, "admin", ADMIN_PASSWORD))
-
-
-def stop_api(server: Server, timeout: float = 20.0) -> int:
-    """SIGTERM (a graceful stop: the database is closed and its totals logged); SIGKILL
-    after ``timeout``. The exit code."""
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(10)
-    return server.process.returncode
+    """``[prefix...] conveyor serve --app APP --workers N`` through
+    :func:`tests.servers.start_server`, with :data:`STORAGE_SETTINGS` and ``env``;
+    ``log`` receives stdout and stderr. Stop it with :func:`tests.servers.stop_server`
+    (SIGTERM: the database is closed and its totals logged)."""
+    return start_server(
+        database_url,
+        log.parent,
+        app=app,
+        workers=workers,
+        prefix=prefix,
+        settings=STORAGE_SETTINGS,
+        extra_env=env,
+        log=log,
+    )
 
 
 def server_log(server: Server) -> str:

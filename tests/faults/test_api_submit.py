@@ -26,7 +26,6 @@ import pytest
 from sqlalchemy import func, select
 
 from conveyor.store.schema import jobs
-from tests.api.conftest import Server, stop_server
 from tests.faults import oracle
 from tests.faults.harness import (
     FAST,
@@ -36,6 +35,7 @@ from tests.faults.harness import (
     serve_api,
     sync_engine,
 )
+from tests.servers import Server, stop_server
 
 #: short leases, in case a killed server's embedded worker held one
 SERVER_ENV = {

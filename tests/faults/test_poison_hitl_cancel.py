@@ -33,7 +33,6 @@ from conveyor.engine.models import Job, JobSpec
 from conveyor.store.database import Database
 from conveyor.store.schema import step_memos
 from tests.acceptance.conftest import Proc
-from tests.api.conftest import Server
 from tests.faults import oracle
 from tests.faults.app_extra import POISON_ATTEMPTS, TICK_S, app, serve, spawn_worker
 from tests.faults.harness import (
@@ -50,6 +49,7 @@ from tests.faults.harness import (
     wait_terminal,
 )
 from tests.faults.ledger import read_ledger
+from tests.servers import Server
 from tests.streams.conftest import API, async_client, start_execution
 
 

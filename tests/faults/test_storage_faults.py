@@ -49,7 +49,6 @@ from sqlalchemy import func, select
 from conveyor.engine.core import Engine
 from conveyor.store.schema import events, jobs
 from tests.acceptance.conftest import REPO_ROOT, process_env
-from tests.api.conftest import ADMIN_PASSWORD, JWT_SECRET, Server, login
 from tests.faults import oracle
 from tests.faults.harness import (
     FAULTS_APP,
@@ -81,10 +80,10 @@ from tests.faults.storage_tools import (
     require_unshare,
     server_log,
     start_api,
-    stop_api,
     terminate_backends,
     tmpfs_prefix,
 )
+from tests.servers import ADMIN_PASSWORD, JWT_SECRET, Server, login, stop_server
 
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 postgres_only = pytest.mark.parametrize(
@@ -224,7 +223,7 @@ def test_r13_sqlite_disk_full(sqlite_template: Path, tmp_path: Path, client_log:
     finally:
         if submitter is not None:
             submitter.close()
-        code = stop_api(server)
+        code = stop_server(server)
     log = server_log(server)
 
     report(
@@ -355,7 +354,7 @@ async def test_r14_sqlite_writer_contention(
             )
     finally:
         probe.dispose()
-        api_exit = stop_api(api)
+        api_exit = stop_server(api)
     api_log = server_log(api)
     worker_logs = [w.stderr() for w in workers]
 
@@ -667,7 +666,7 @@ async def test_r12_clock_skew(
         probe.dispose()
         for server in (api, api_ahead):
             if server is not None:
-                stop_api(server)
+                stop_server(server)
 
     ledger = read_ledger(fleet.ledger)
     skews = clock_skews(ledger)
@@ -899,7 +898,7 @@ async def test_r10_connections_killed_server_side(
         for submitter in submitters:
             submitter.close()
         probe.dispose()
-        stop_api(api)
+        stop_server(api)
 
     ids = client_log.accepted_ids()
     found = oracle.check(db_url, ids, read_ledger(fleet.ledger))

@@ -32,15 +32,16 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from tests.api.conftest import Server
 from tests.faults.app_extra import api_port, serve, spawn_worker
 from tests.faults.harness import Fleet, backend_of, distribution, report, wait_for
+from tests.servers import Server
 from tests.streams.conftest import (
     API,
     SSE,
     Frame,
     assert_same_events,
     async_client,
+    drain,
     event_log,
     read_stream,
     received_at_lag,
@@ -188,24 +189,6 @@ def stalled_client(server: Server, path: str, token: str) -> Iterator[socket.soc
         sock.close()
 
 
-def drain(sock: socket.socket, timeout: float) -> tuple[bytes, str]:
-    """What is left on the stalled socket: ``closed`` (FIN or RST) or ``open``."""
-    sock.settimeout(0.5)
-    received = bytearray()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            continue
-        except ConnectionResetError:
-            return bytes(received), "reset"
-        if not data:
-            return bytes(received), "closed"
-        received += data
-    return bytes(received), "open"
-
-
 async def run_phase(
     server: Server, slow_token: str, healthy_token: str, *, stalled: bool
 ) -> tuple[Phase, list[dict[str, Any]]]:
@@ -235,7 +218,9 @@ async def run_phase(
                             timeout=DROP_BOUND_S + 5,
                             what="the stalled connection is dropped",
                         )
-                    raw, end = await asyncio.to_thread(drain, sock, 10)
+                    raw, end = await asyncio.to_thread(
+                        drain, sock, 10, reset="reset", until_end=False
+                    )
         finally:
             probe.stop()
         reference = await event_log(healthy, "job", steady)

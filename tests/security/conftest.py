@@ -2,10 +2,10 @@
 
 Pieces shared by the modules of this directory:
 
-* :func:`launch` starts ``conveyor serve --app tests.security.app:app`` with any settings
-  (``tests/api/conftest.py`` hard-codes its app and an HS256 secret; this starter reuses
-  its helpers but lets a test choose both); :class:`Servers` shares the servers that
-  several modules use (``hardened``, ``app_server``), started on first use;
+* servers run ``conveyor serve --app tests.security.app:app`` (:data:`APP`), started by
+  :func:`tests.servers.start_server` with any settings (an algorithm other than HS256
+  drops the shared secret); :class:`Servers` shares the servers that several modules
+  use (``hardened``, ``app_server``), started on first use;
 * :class:`Target` is a real local HTTP server that counts every connection and every
   byte it sends, standing in for a "public" host, an internal service, or a key server;
 * token forging helpers that sign exactly what a test asks (any header, any algorithm,
@@ -25,7 +25,6 @@ import hashlib
 import hmac
 import json
 import socket
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -42,17 +41,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import create_engine, inspect, select, text
 
-from tests.acceptance.conftest import CONVEYOR_BIN, process_env
-from tests.api.conftest import (
-    ADMIN_PASSWORD,
-    JWT_SECRET,
-    ROOT,
+from tests.servers import (
     Server,
-    free_port,
-    login,
+    backend_database,
+    start_server,
     stop_server,
 )
-from tests.streams.conftest import own_database, require_backend
 
 API = "/api/v1"
 APP = "tests.security.app:app"
@@ -103,82 +97,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 # -- servers ------------------------------------------------------------------------------------
 
 
-def _wait_ready(process: subprocess.Popen[bytes], base: str, log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            process.wait()
-            raise AssertionError(f"server did not start:\n{log.read_text(errors='replace')}")
-        time.sleep(0.1)
-
-
-def server_env(database_url: str, extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a test server: fast sweeps, a known admin; HS256 with the
-    shared test secret unless ``extra_env`` chooses another algorithm."""
-    env = {
-        "CONVEYOR_DATABASE_URL": database_url,
-        "CONVEYOR_ADMIN_USERNAME": "admin",
-        "CONVEYOR_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "CONVEYOR_SWEEP_INTERVAL_S": "0.2",
-        "CONVEYOR_POLL_MAX_S": "0.2",
-        "CONVEYOR_CANCEL_GRACE_S": "1",
-        "CONVEYOR_DRAIN_TIMEOUT_S": "2",
-        "CONVEYOR_LOGIN_MAX_FAILURES": "1000",
-        **(extra_env or {}),
-    }
-    if env.get("CONVEYOR_JWT_ALGORITHM", "HS256") == "HS256":
-        env.setdefault("CONVEYOR_JWT_SECRET", JWT_SECRET)
-    return process_env(env)
-
-
-def serve_args(port: int, app: str = APP, workers: int | None = None) -> list[str]:
-    args = [str(CONVEYOR_BIN), "serve", "--app", app, "--port", str(port)]
-    if workers is not None:
-        args += ["--workers", str(workers)]
-    return args
-
-
-def launch(
-    database_url: str,
-    tmp: Path,
-    *,
-    app: str = APP,
-    workers: int | None = None,
-    extra_env: Mapping[str, str] | None = None,
-    issues_tokens: bool = True,
-) -> Server:
-    """A ready ``conveyor serve``; ``admin_token`` is empty when the server does not
-    issue tokens (an external identity provider's keys only)."""
-    port = free_port()
-    log = tmp / f"server-{port}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            serve_args(port, app, workers),
-            cwd=ROOT,
-            env=server_env(database_url, extra_env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    _wait_ready(process, base, log)
-    token = login(base, "admin", ADMIN_PASSWORD) if issues_tokens else ""
-    return Server(base, database_url, process, log, token)
-
-
-@contextlib.contextmanager
-def database(request: pytest.FixtureRequest, backend: str, tmp: Path) -> Iterator[str]:
-    """An empty database of ``backend`` for one server (skipped without PostgreSQL)."""
-    require_backend(request, backend)
-    with own_database(backend, tmp) as url:
-        yield url
-
-
 def new_user(server: Server, role: str = "user") -> tuple[str, str]:
     """(user id, bearer token) of a fresh user."""
     return server.new_user(role)
@@ -205,17 +123,6 @@ def wait_job(
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} never reached {statuses}: {body}")
         time.sleep(0.05)
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, (
-        f"{response.request.method} {response.request.url}: expected {status}, "
-        f"got {response.status_code}: {response.text}"
-    )
-    assert response.headers["content-type"].startswith(PROBLEM_JSON), response.headers
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status, body
-    return body
 
 
 def leaks(body: str) -> list[str]:
@@ -419,8 +326,10 @@ class Servers:
         if found is None:
             tmp = self.tmp / f"{kind}-{backend}"
             tmp.mkdir()
-            url = self.stack.enter_context(database(request, backend, tmp))
-            found = launch(url, tmp, **self.settings(kind, tmp))
+            url = self.stack.enter_context(
+                backend_database(request, backend, tmp, label="security")
+            )
+            found = start_server(url, tmp, app=APP, **self.settings(kind, tmp))
             self.stack.callback(stop_server, found)
             self.running[(kind, backend)] = found
         return found
@@ -550,28 +459,6 @@ def b64url(data: bytes) -> str:
 
 def _segment(value: Mapping[str, Any]) -> str:
     return b64url(json.dumps(value, separators=(",", ":")).encode())
-
-
-def claims(subject: str, **changes: Any) -> dict[str, Any]:
-    """Valid claims for ``subject`` (issuer and audience ``conveyor``, 10 minutes); a
-    change to ``None`` removes the claim."""
-    now = int(time.time())
-    found: dict[str, Any] = {
-        "sub": subject,
-        "name": "forged",
-        "roles": ["user"],
-        "iat": now,
-        "nbf": now,
-        "exp": now + 600,
-        "iss": "conveyor",
-        "aud": "conveyor",
-    }
-    for key, value in changes.items():
-        if value is None:
-            found.pop(key, None)
-        else:
-            found[key] = value
-    return found
 
 
 def hmac_token(

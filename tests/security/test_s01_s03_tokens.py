@@ -37,25 +37,31 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from tests.api.conftest import ROOT, Server, free_port, stop_server
+from tests.api.conftest import ROOT
 from tests.security.conftest import (
     API,
+    APP,
     KeyPair,
     Targets,
     b64url,
-    claims,
     ec_pair,
     figure,
     hmac_token,
-    launch,
     rsa_pair,
-    serve_args,
-    server_env,
     signed_token,
     unsigned_token,
 )
 from tests.security.conftest import (
     client as http_client,
+)
+from tests.servers import (
+    Server,
+    claims,
+    free_port,
+    serve_command,
+    server_env,
+    start_server,
+    stop_server,
 )
 
 
@@ -93,9 +99,10 @@ def jwks_server(keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     tmp = tmp_path_factory.mktemp("jwks")
     jwks = tmp / "jwks.json"
     jwks.write_text(keys.jwks_text)
-    server = launch(
+    server = start_server(
         f"sqlite:///{tmp / 'jwks.db'}",
         tmp,
+        app=APP,
         workers=0,
         extra_env={"CONVEYOR_JWT_ALGORITHM": "RS256", "CONVEYOR_JWT_JWKS": f"@{jwks}"},
         issues_tokens=False,
@@ -426,7 +433,7 @@ def run_refusal(tmp: Path, refusal: Refusal) -> Outcome:
     started = time.monotonic()
     answered = False
     with subprocess.Popen(
-        serve_args(port, workers=0),
+        serve_command(port, APP, workers=0),
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

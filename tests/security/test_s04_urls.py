@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import time
 
-from tests.api.conftest import Server
 from tests.security.conftest import API, SSE, client, figure, new_user, sse_transcript
+from tests.servers import Server
 
 
 def test_stream_tickets_and_tokens_in_stream_urls_are_not_logged(hardened_sqlite: Server) -> None:

@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx2 as httpx
 
-from tests.api.conftest import Server
 from tests.security.conftest import API, client, figure, new_user, wait_job
+from tests.servers import Server
 
 INTERNAL = ("lease_token", "request_hash", "password_hash", "ticket_hash", "traceback")
 SEALED = "$sealed"

@@ -16,17 +16,16 @@ from typing import Any
 
 import httpx2 as httpx
 
-from tests.api.conftest import Server
 from tests.security.conftest import (
     API,
     WAITING_CAP,
-    assert_problem,
     async_client,
     client,
     figure,
     new_user,
     process_memory_kib,
 )
+from tests.servers import Server, assert_problem
 
 MiB = 1024 * 1024
 #: how much the server's peak RSS may grow while refusing a 50 MB body

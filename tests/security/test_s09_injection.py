@@ -21,8 +21,8 @@ from sqlalchemy import create_engine, func, select
 
 from conveyor.store.schema import executions, jobs, users
 from conveyor.store.url import sync_url
-from tests.api.conftest import Server
 from tests.security.conftest import API, PROBLEM_JSON, client, figure, leaks, new_user
+from tests.servers import Server
 
 PAYLOADS = [
     "x' OR '1'='1",

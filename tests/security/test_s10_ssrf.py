@@ -24,7 +24,6 @@ import pytest
 
 from conveyor.errors import TaskFailure, UnsafeRequestError
 from conveyor.worker.http import SafeHttp
-from tests.api.conftest import Server
 from tests.security.conftest import (
     API,
     HTTP_MAX_BYTES,
@@ -34,6 +33,7 @@ from tests.security.conftest import (
     new_user,
     wait_job,
 )
+from tests.servers import Server
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 

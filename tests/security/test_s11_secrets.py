@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tests.api.conftest import Server
 from tests.security.app import fingerprint
 from tests.security.conftest import (
     API,
@@ -29,6 +28,7 @@ from tests.security.conftest import (
     sse_transcript,
     wait_job,
 )
+from tests.servers import Server
 
 TERMINAL = ("completed", "failed", "cancelled")
 

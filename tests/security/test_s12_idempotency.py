@@ -12,8 +12,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from tests.api.conftest import Server
 from tests.security.conftest import API, client, figure, new_user
+from tests.servers import Server
 
 
 def post(server: Server, token: str, path: str, body: Any, key: str) -> tuple[int, str]:

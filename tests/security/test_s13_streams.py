@@ -28,7 +28,6 @@ from websockets.exceptions import ConnectionClosed
 
 from conveyor.store.schema import users
 from conveyor.store.url import sync_url
-from tests.api.conftest import Server
 from tests.security.conftest import (
     API,
     SSE,
@@ -36,11 +35,11 @@ from tests.security.conftest import (
     STREAM_RECHECK_S,
     KeyPair,
     async_client,
-    claims,
     figure,
     new_user,
     signed_token,
 )
+from tests.servers import Server, claims
 from tests.streams.conftest import Frame, sse_frames
 
 #: principals are cached this long by the server (conveyor.auth.users._PRINCIPAL_CACHE_S)

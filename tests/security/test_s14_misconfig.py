@@ -24,7 +24,6 @@ import time
 import httpx2 as httpx
 import pytest
 
-from tests.api.conftest import Server
 from tests.security.conftest import (
     API,
     CORS_ORIGIN,
@@ -36,6 +35,7 @@ from tests.security.conftest import (
     leaks,
     new_user,
 )
+from tests.servers import Server
 
 UNLISTED = [
     "https://evil.example",

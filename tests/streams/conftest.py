@@ -14,10 +14,8 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
-import subprocess
+import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,107 +24,22 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
-from sqlalchemy import create_engine, text
 
 from tests.acceptance.conftest import CONVEYOR_BIN, Proc, Processes, process_env
-from tests.api.conftest import (
-    ADMIN_PASSWORD,
-    JWT_SECRET,
-    ROOT,
+from tests.servers import (
+    API_APP,
     Server,
-    free_port,
-    login,
+    backend_database,
+    start_server,
     stop_server,
 )
-from tests.conftest import PG_ADMIN_URL
 
 API = "/api/v1"
-APP = "tests.apps.api_app:app"
 SSE = {"Accept": "text/event-stream"}
-PROBLEM_JSON = "application/problem+json"
 TERMINAL_STATUSES = ("completed", "failed", "cancelled")
 
 
-# -- databases --------------------------------------------------------------------------------
-
-
-def _psycopg(url: str) -> str:
-    return url.replace("postgresql://", "postgresql+psycopg://", 1)
-
-
-@contextlib.contextmanager
-def own_database(backend: str, tmp: Path) -> Iterator[str]:
-    """An empty database for one server (the server migrates it on start)."""
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp / f'streams-{uuid.uuid4().hex[:8]}.db'}"
-        return
-    name = f"conveyor_streams_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(_psycopg(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
-
-
-def require_backend(request: pytest.FixtureRequest, backend: str) -> None:
-    """Skip (or, in CI, fail) a PostgreSQL case without PostgreSQL: ``pg_url`` decides."""
-    if backend == "postgres":
-        request.getfixturevalue("pg_url")
-
-
 # -- servers ----------------------------------------------------------------------------------
-
-
-def start_api(
-    database_url: str,
-    tmp: Path,
-    *,
-    workers: int | None = None,
-    extra_env: Mapping[str, str] | None = None,
-) -> Server:
-    """``conveyor serve --app tests.apps.api_app:app`` on 127.0.0.1 (``--workers N`` if
-    given: 0 is an API-only process); waits for /readyz and logs in as admin."""
-    port = free_port()
-    log = tmp / f"server-{port}.log"
-    env = process_env(
-        {
-            "CONVEYOR_DATABASE_URL": database_url,
-            "CONVEYOR_ADMIN_USERNAME": "admin",
-            "CONVEYOR_ADMIN_PASSWORD": ADMIN_PASSWORD,
-            "CONVEYOR_JWT_SECRET": JWT_SECRET,
-            "CONVEYOR_SWEEP_INTERVAL_S": "0.2",
-            "CONVEYOR_POLL_MAX_S": "0.2",
-            "CONVEYOR_CANCEL_GRACE_S": "1",
-            "CONVEYOR_DRAIN_TIMEOUT_S": "2",
-            "CONVEYOR_LOGIN_MAX_FAILURES": "1000",
-            **(extra_env or {}),
-        }
-    )
-    args = [str(CONVEYOR_BIN), "serve", "--app", APP, "--port", str(port)]
-    if workers is not None:
-        args += ["--workers", str(workers)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90  # generous: a loaded CI box starts slowly
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            process.wait()
-            raise AssertionError(f"server did not start:\n{log.read_text()}")
-        time.sleep(0.1)
-    return Server(base, database_url, process, log, login(base, "admin", ADMIN_PASSWORD))
 
 
 @contextlib.contextmanager
@@ -138,9 +51,8 @@ def api_server(
     workers: int | None = None,
     extra_env: Mapping[str, str] | None = None,
 ) -> Iterator[Server]:
-    require_backend(request, backend)
-    with own_database(backend, tmp) as url:
-        server = start_api(url, tmp, workers=workers, extra_env=extra_env)
+    with backend_database(request, backend, tmp, label="streams") as url:
+        server = start_server(url, tmp, workers=workers, extra_env=extra_env)
         try:
             yield server
         finally:
@@ -161,7 +73,7 @@ def worker_process(
     extra_env: Mapping[str, str] | None = None,
 ) -> Proc:
     """``conveyor worker --app tests.apps.api_app:app`` in a process of its own."""
-    args = [str(CONVEYOR_BIN), "worker", "--app", APP, "--concurrency", "2"]
+    args = [str(CONVEYOR_BIN), "worker", "--app", API_APP, "--concurrency", "2"]
     if queues is not None:
         args += ["--queues", queues]
     env = process_env(
@@ -181,18 +93,6 @@ def server(
     backend = str(request.param)
     with api_server(request, backend, tmp_path_factory.mktemp(f"streams-{backend}")) as running:
         yield running
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Processes]:
-    directory = tmp_path / "processes"
-    directory.mkdir()
-    processes = Processes(directory)
-    try:
-        yield processes
-    finally:
-        processes.cleanup()
-        print(processes.diagnostics())  # shown by pytest only when the test failed
 
 
 # -- HTTP helpers -------------------------------------------------------------------------------
@@ -280,14 +180,6 @@ async def event_log(client: httpx.AsyncClient, kind: str, ident: str) -> list[di
         if page["next_cursor"] is None:
             return found
         after = int(page["next_cursor"])
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, (response.status_code, response.text)
-    assert response.headers["content-type"].startswith(PROBLEM_JSON), response.headers
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status, body
-    return body
 
 
 def received_at_lag(event: dict[str, Any], received: float) -> float:
@@ -417,3 +309,27 @@ def assert_frames_well_formed(read: StreamRead) -> None:
 
 def assert_increasing(ids: list[int]) -> None:
     assert all(a < b for a, b in itertools.pairwise(ids)), f"not in order: {ids}"
+
+
+def drain(
+    sock: socket.socket, timeout: float, *, reset: str = "closed", until_end: bool = True
+) -> tuple[bytes, str]:
+    """Everything the server sends on a raw stream socket, and how it stopped:
+    ``"closed"`` (FIN; a reset is reported as ``reset``), ``"ended"`` (the chunked body's
+    last chunk arrived, if ``until_end``) or ``"open"`` (``timeout`` passed)."""
+    sock.settimeout(0.5)
+    received = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return bytes(received), reset
+        if not data:
+            return bytes(received), "closed"
+        received += data
+        if until_end and received.endswith(b"\r\n0\r\n\r\n"):
+            return bytes(received), "ended"
+    return bytes(received), "open"

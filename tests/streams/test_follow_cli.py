@@ -23,7 +23,7 @@ from tests.acceptance.conftest import (
     run_cli,
     run_cli_many,
 )
-from tests.api.conftest import Server
+from tests.servers import Server
 from tests.streams.conftest import API, async_client, event_log, submit_job
 
 # the exit codes are part of the CLI's contract: spelled out here, not imported

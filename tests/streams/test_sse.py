@@ -36,25 +36,28 @@ from sqlalchemy import create_engine, update
 from conveyor.store.migrate import upgrade
 from conveyor.store.schema import stream_tickets
 from tests.acceptance.conftest import Proc, Processes
-from tests.api.conftest import Server, stop_server
+from tests.servers import (
+    Server,
+    assert_problem,
+    backend_database,
+    start_server,
+    stop_server,
+)
 from tests.streams.conftest import (
     API,
     SSE,
     StreamRead,
     assert_frames_well_formed,
     assert_increasing,
-    assert_problem,
     assert_same_events,
     async_client,
     bearer,
+    drain,
     event_log,
-    own_database,
     read_stream,
     received_at_lag,
-    require_backend,
     server_log,
     sse_frames,
-    start_api,
     start_execution,
     submit_job,
     wait_status,
@@ -411,13 +414,12 @@ def split(
     """An API-only server (``--workers 0``) and two worker processes on its database
     (migrated first, so that the three processes can start at the same time)."""
     backend = str(request.param)
-    require_backend(request, backend)
     tmp = tmp_path_factory.mktemp(f"split-{backend}")
     env = {"CONVEYOR_EVENTS_POLL_S": str(SPLIT_POLL_S), **LIMITS}
     directory = tmp / "processes"
     directory.mkdir()
     procs = Processes(directory)
-    with own_database(backend, tmp) as url:
+    with backend_database(request, backend, tmp, label="streams") as url:
         upgrade(url)
         try:
             hinted = worker_process(procs, url, name="hinted", queues="default")
@@ -428,7 +430,7 @@ def split(
                 queues="quiet",
                 extra_env={"CONVEYOR_FAULTS": "drop_notify"},
             )
-            api = start_api(url, tmp, workers=0, extra_env=env)
+            api = start_server(url, tmp, workers=0, extra_env=env)
             try:
                 ids = wait_registered(api, [hinted, silent], procs)
                 yield Split(api, ids[hinted.pid], ids[silent.pid])
@@ -533,27 +535,6 @@ def stalled_stream(server: Server, path: str, token: str) -> Iterator[socket.soc
         yield sock
     finally:
         sock.close()
-
-
-def drain(sock: socket.socket, timeout: float) -> tuple[bytes, str]:
-    """Everything the server sends until it closes the connection (``"closed"``), ends
-    the chunked body (``"ended"``) or ``timeout`` passes (``"open"``)."""
-    sock.settimeout(0.5)
-    received = bytearray()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            continue
-        except ConnectionResetError:
-            return bytes(received), "closed"
-        if not data:
-            return bytes(received), "closed"
-        received += data
-        if received.endswith(b"\r\n0\r\n\r\n"):
-            return bytes(received), "ended"
-    return bytes(received), "open"
 
 
 def dechunk(body: bytes) -> tuple[bytes, bool]:

@@ -20,7 +20,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.api.conftest import Server
+from tests.servers import Server
 from tests.streams.conftest import (
     API,
     assert_increasing,
