@@ -42,9 +42,22 @@ def scrub_query(query: str) -> str:
     return "&".join(parts)
 
 
-def _problem_bytes(status: int, title: str, detail: str) -> bytes:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    return json.dumps(body).encode()
+async def send_problem(
+    send: Send, status: int, title: str, detail: str, *, close: bool = False
+) -> None:
+    """Answer with a problem+json body from a middleware (before any route ran);
+    ``close`` ends the connection too (its request body is left unread)."""
+    body = json.dumps(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    ).encode()
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimit:
@@ -84,21 +97,8 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
     async def _reject(self, send: Send) -> None:
-        body = _problem_bytes(
-            413, "Request body too large", f"the request body exceeds {self.max_bytes} bytes"
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/problem+json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        detail = f"the request body exceeds {self.max_bytes} bytes"
+        await send_problem(send, 413, "Request body too large", detail, close=True)
 
 
 class NulGuard:
@@ -115,20 +115,8 @@ class NulGuard:
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 1008})
                     return
-                body = _problem_bytes(
-                    422, "Invalid request", "the path or query holds a NUL character"
-                )
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 422,
-                        "headers": [
-                            (b"content-type", b"application/problem+json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                detail = "the path or query holds a NUL character"
+                await send_problem(send, 422, "Invalid request", detail)
                 return
         await self.app(scope, receive, send)
 
