@@ -891,6 +891,7 @@ async def scenario_r18(run: Run, command: str, rate: float) -> dict[str, Any]:
         f"r18-{run.seed}",
     )
     submitter.start()
+    submit_started = time.monotonic()
     say(f"r18: soak at {rate:.1f} jobs/s for {run.minutes} min")
     samples: list[dict[str, Any]] = []
     sample_file = run.root / "samples.jsonl"
@@ -950,6 +951,7 @@ async def scenario_r18(run: Run, command: str, rate: float) -> dict[str, Any]:
             next_fault = time.monotonic() + run.rng.uniform(60, 120)
         await asyncio.sleep(10)
     submitter.stop()
+    submit_window = time.monotonic() - submit_started
     say("r18: waiting for quiescence")
     counts = await wait_quiescent(run, 300)
     final = await asyncio.to_thread(sample)
@@ -982,6 +984,7 @@ async def scenario_r18(run: Run, command: str, rate: float) -> dict[str, Any]:
         run,
         {
             "rate_per_s": rate,
+            "achieved_submit_rate_per_s": round(submitter.logical / submit_window, 2),
             "samples": len(samples),
             "warm_up_s": warm,
             "rss_slope_mb_per_h": rss_slopes,
