@@ -13,6 +13,8 @@ import json
 import os
 import random
 import re
+import signal
+import sqlite3
 import statistics
 import threading
 import time
@@ -277,6 +279,34 @@ def serve_api(
 
 
 # -- reading the database directly -------------------------------------------------------
+
+
+def pause_outside_write_lock(proc: Proc, database_url: str, tries: int = 200) -> None:
+    """SIGSTOP ``proc`` at a moment it holds no SQLite write lock.
+
+    SQLite has one writer per file: a process stopped between ``BEGIN IMMEDIATE`` and
+    ``COMMIT`` (a heartbeat, say) keeps every other process from writing until it
+    resumes. Pausing a zombie there would test that limit of SQLite, not the lease
+    fencing, so on SQLite the pause is retried until the file is free.
+    """
+    proc.send(signal.SIGSTOP)
+    if not database_url.startswith("sqlite"):
+        return
+    path = database_url.split("sqlite:///", 1)[1]
+    for _ in range(tries):
+        conn = sqlite3.connect(path, timeout=0.05, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            pass
+        finally:
+            conn.close()
+        proc.send(signal.SIGCONT)
+        time.sleep(0.005)
+        proc.send(signal.SIGSTOP)
+    raise AssertionError(f"{proc.name} held the SQLite write lock at every try")
 
 
 def sync_engine(database_url: str) -> SyncEngine:

@@ -40,6 +40,7 @@ from tests.faults.harness import (
     event_list,
     inprocess_worker,
     lease_view,
+    pause_outside_write_lock,
     report,
     sync_engine,
     wait_for,
@@ -84,7 +85,7 @@ async def test_r5_zombie_worker_cannot_write(
     await wait_for(
         zombie_stalled, timeout=20, what="the zombie runs two steps, stalls on one", fleet=fleet
     )
-    zombie.send(signal.SIGSTOP)
+    pause_outside_write_lock(zombie, db_url)
     stopped = time.monotonic()
     probe = sync_engine(db_url)
     try:
