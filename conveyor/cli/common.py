@@ -123,6 +123,18 @@ def print_json(data: Any) -> None:
     console.print_json(json.dumps(data, default=str))
 
 
+def print_page(
+    page: dict[str, Any], table: Callable[[list[dict[str, Any]]], Any], as_json: bool
+) -> None:
+    """A list page: as JSON, or as a table followed by how to get the next page."""
+    if as_json:
+        print_json(page)
+        return
+    console.print(table(page["items"]))
+    if page["next_cursor"]:
+        console.print(f"next page: --cursor {page['next_cursor']}", style="dim")
+
+
 async def with_engine(
     settings: Settings, app: Conveyor | None, body: Callable[[Any], Awaitable[T]]
 ) -> T:

@@ -17,6 +17,7 @@ from conveyor.cli.common import (
     load_app,
     parse_json,
     print_json,
+    print_page,
     run,
     settings_from,
     with_engine,
@@ -236,12 +237,7 @@ def jobs_list(
     settings = settings_from(database_url)
     filters = {"status": status, "task": task, "queue": queue}
     page = _ops(settings, None, lambda ops: ops.list_jobs(filters, limit, cursor))
-    if as_json:
-        print_json(page)
-        return
-    console.print(jobs_table(page["items"]))
-    if page["next_cursor"]:
-        console.print(f"next page: --cursor {page['next_cursor']}", style="dim")
+    print_page(page, jobs_table, as_json)
 
 
 @jobs_app.command("show")
@@ -432,12 +428,7 @@ def executions_list(
     settings = settings_from(database_url)
     filters = {"status": status, "workflow": workflow}
     page = _ops(settings, None, lambda ops: ops.list_executions(filters, limit, cursor))
-    if as_json:
-        print_json(page)
-        return
-    console.print(executions_table(page["items"]))
-    if page["next_cursor"]:
-        console.print(f"next page: --cursor {page['next_cursor']}", style="dim")
+    print_page(page, executions_table, as_json)
 
 
 @executions_app.command("show")
@@ -586,12 +577,7 @@ def documents_list(
         "execution_id": execution,
     }
     page = _ops(settings, None, lambda ops: ops.list_documents(filters, limit, cursor))
-    if as_json:
-        print_json(page)
-        return
-    console.print(documents_table(page["items"]))
-    if page["next_cursor"]:
-        console.print(f"next page: --cursor {page['next_cursor']}", style="dim")
+    print_page(page, documents_table, as_json)
 
 
 @documents_app.command("show")
