@@ -18,7 +18,7 @@ import sqlite3
 import statistics
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,17 @@ from sqlalchemy import create_engine, select
 
 from conveyor.domain.events import Event
 from conveyor.engine.core import Engine
-from conveyor.engine.models import Job, JobSpec
+from conveyor.engine.models import (
+    Cancelled,
+    Completed,
+    Failed,
+    Job,
+    JobSpec,
+    Outcome,
+    Progress,
+    Released,
+)
+from conveyor.errors import LeaseLostError
 from conveyor.store.schema import jobs
 from conveyor.store.sql import db_now
 from conveyor.store.url import sync_url
@@ -418,6 +428,54 @@ async def wait_terminal(
 
 async def event_list(engine: Engine, job_id: str) -> list[Event]:
     return await engine.job_events(job_id, limit=1000)
+
+
+async def events_total(engine: Engine, job_ids: list[str]) -> int:
+    """How many events the jobs have, together."""
+    return sum([len(await event_list(engine, job_id)) for job_id in job_ids])
+
+
+@dataclass
+class StaleReplay:
+    """What replaying a stale attempt's writes did: each must have been refused."""
+
+    attempted: int
+    rejected: int
+    renewed: set[str]  # leases the stale renewal still extended (must be none)
+
+
+async def replay_stale_writes(
+    engine: Engine, worker_id: str, tokens: Mapping[str, str], actor: str
+) -> StaleReplay:
+    """Every write a worker could still make with its old lease tokens, replayed through
+    the engine: a renewal, each outcome, a memo and a document version."""
+    attempted = rejected = 0
+    renewal = await engine.renew_leases(worker_id, list(tokens.items()), load=len(tokens))
+    attempted += len(tokens)
+    rejected += len(renewal.lost & set(tokens))
+    for job_id, token in tokens.items():
+        outcomes: list[Outcome] = [
+            Progress(job_id, token, 50, "stale progress"),
+            Completed(job_id, token, {"stale": True}),
+            Failed(job_id, token, {"type": "Stale", "message": "stale failure"}),
+            Released(job_id, token),
+            Cancelled(job_id, token),
+        ]
+        for outcome in outcomes:
+            attempted += 1
+            settled = await engine.settle([outcome])
+            rejected += job_id in settled.lost
+        writes: list[Awaitable[Any]] = [
+            engine.put_memo(job_id, token, "stale", 1),
+            engine.save_document(job_id, token, 0, "report", "stale", "stale", "test", actor),
+        ]
+        for write in writes:
+            attempted += 1
+            try:
+                await write
+            except LeaseLostError:
+                rejected += 1
+    return StaleReplay(attempted, rejected, set(renewal.renewed))
 
 
 @contextlib.asynccontextmanager

@@ -25,7 +25,7 @@ import re
 import signal
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,15 +33,9 @@ from sqlalchemy import text
 
 from conveyor.engine.core import Engine
 from conveyor.engine.models import (
-    Cancelled,
-    Completed,
-    Failed,
     JobSpec,
-    Outcome,
-    Progress,
-    Released,
 )
-from conveyor.errors import ConveyorError, LeaseLostError
+from conveyor.errors import ConveyorError
 from conveyor.store.postgres import PostgresDatabase
 from tests.acceptance.conftest import Proc
 from tests.faults import proxy
@@ -51,7 +45,9 @@ from tests.faults.harness import (
     Fleet,
     distribution,
     event_list,
+    events_total,
     lease_view,
+    replay_stale_writes,
     sync_engine,
     wait_for,
     wait_terminal,
@@ -192,44 +188,6 @@ def _starts_by(fleet: Fleet, pid: int, ids: set[str], after: float = 0.0) -> dic
     return first
 
 
-async def _replay_stale_writes(
-    engine: Engine, worker_id: str, tokens: Mapping[str, str]
-) -> tuple[int, int]:
-    """Every write the cut worker could still make with its old lease tokens, replayed
-    through the engine: (attempted, rejected). Each must change nothing."""
-    attempted = rejected = 0
-    renewal = await engine.renew_leases(worker_id, list(tokens.items()), load=len(tokens))
-    attempted += len(tokens)
-    rejected += len(renewal.lost & set(tokens))
-    for job_id, token in tokens.items():
-        outcomes: list[Outcome] = [
-            Progress(job_id, token, 50, "stale progress"),
-            Completed(job_id, token, {"stale": True}),
-            Failed(job_id, token, {"type": "Stale", "message": "stale failure"}),
-            Released(job_id, token),
-            Cancelled(job_id, token),
-        ]
-        for outcome in outcomes:
-            attempted += 1
-            settled = await engine.settle([outcome])
-            rejected += job_id in settled.lost
-        writes: list[Awaitable[Any]] = [
-            engine.put_memo(job_id, token, "stale", 1),
-            engine.save_document(job_id, token, 0, "report", "stale", "stale", "test", "cut"),
-        ]
-        for write in writes:
-            attempted += 1
-            try:
-                await write
-            except LeaseLostError:
-                rejected += 1
-    return attempted, rejected
-
-
-async def _events_total(engine: Engine, ids: list[str]) -> int:
-    return sum([len(await event_list(engine, job_id)) for job_id in ids])
-
-
 async def cut_pickup(fleet: Fleet, engine: Engine, log: ClientLog, pair: Pair, tag: str) -> float:
     """Submit a job only the cut worker serves; seconds until it started it."""
     submitted = time.monotonic()
@@ -321,10 +279,11 @@ async def blackhole_episode(
     back_s = await cut_pickup(fleet, engine, log, pair, f"bh-{n}")
     await probe.stop()
 
-    before = await _events_total(engine, ids)
+    before = await events_total(engine, ids)
     live_tokens = {j: t for j, t in tokens.items() if t is not None}
-    attempted, rejected = await _replay_stale_writes(engine, pair.cut_id, live_tokens)
-    stale_event_writes = await _events_total(engine, ids) - before
+    replay = await replay_stale_writes(engine, pair.cut_id, live_tokens, actor="cut")
+    attempted, rejected = replay.attempted, replay.rejected
+    stale_event_writes = await events_total(engine, ids) - before
 
     fence = FenceLog.parse(pair.cut.stderr())
     fenced_at = dict(

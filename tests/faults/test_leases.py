@@ -14,20 +14,11 @@ import asyncio
 import itertools
 import signal
 import time
-from collections.abc import Awaitable
-from typing import Any
 
 from conveyor.engine.core import Engine
 from conveyor.engine.models import (
-    Cancelled,
-    Completed,
-    Failed,
     JobSpec,
-    Outcome,
-    Progress,
-    Released,
 )
-from conveyor.errors import LeaseLostError
 from tests.faults import oracle
 from tests.faults.harness import (
     LEASE_TTL_S,
@@ -38,9 +29,11 @@ from tests.faults.harness import (
     backend_of,
     distribution,
     event_list,
+    events_total,
     inprocess_worker,
     lease_view,
     pause_outside_write_lock,
+    replay_stale_writes,
     report,
     sync_engine,
     wait_for,
@@ -49,10 +42,6 @@ from tests.faults.harness import (
 from tests.faults.ledger import read_ledger
 
 # -- R5 -----------------------------------------------------------------------------------
-
-
-async def _event_count(engine: Engine, job_ids: list[str]) -> int:
-    return sum([len(await event_list(engine, job_id)) for job_id in job_ids])
 
 
 async def test_r5_zombie_worker_cannot_write(
@@ -105,37 +94,11 @@ async def test_r5_zombie_worker_cannot_write(
         paused_s = time.monotonic() - stopped
 
         # every write the zombie could make with its real tokens: each must change nothing
-        before = await _event_count(fengine, ids)
-        attempted = rejected = 0
-        renewal = await fengine.renew_leases(zombie_id, list(tokens.items()), load=3)
-        attempted += len(tokens)
-        rejected += len(renewal.lost & set(tokens))
-        assert not renewal.renewed, renewal
-        for job_id, token in tokens.items():
-            stale: list[Outcome] = [
-                Progress(job_id, token, 50, "stale progress"),
-                Completed(job_id, token, {"stale": True}),
-                Failed(job_id, token, {"type": "Stale", "message": "stale failure"}),
-                Released(job_id, token),
-                Cancelled(job_id, token),
-            ]
-            for outcome in stale:
-                attempted += 1
-                settled = await fengine.settle([outcome])
-                rejected += job_id in settled.lost
-            writes: list[Awaitable[Any]] = [
-                fengine.put_memo(job_id, token, "stale", 1),
-                fengine.save_document(
-                    job_id, token, 0, "report", "stale", "stale text", "test", "zombie"
-                ),
-            ]
-            for write in writes:
-                attempted += 1
-                try:
-                    await write
-                except LeaseLostError:
-                    rejected += 1
-        assert await _event_count(fengine, ids) == before, "a stale write left an event"
+        before = await events_total(fengine, ids)
+        replay = await replay_stale_writes(fengine, zombie_id, tokens, actor="zombie")
+        attempted, rejected = replay.attempted, replay.rejected
+        assert not replay.renewed, replay
+        assert await events_total(fengine, ids) == before, "a stale write left an event"
         after = {j.id: j for j in [await fengine.get_job(job_id) for job_id in ids]}
         for job_id in ids:
             assert (after[job_id].status, after[job_id].result) == (
@@ -157,7 +120,7 @@ async def test_r5_zombie_worker_cannot_write(
         zombie.send(signal.SIGTERM)
         assert await zombie.wait_exit(15) == 0, zombie.diagnostics()
         fence = FenceLog.parse(zombie.stderr())
-        stale_successes = await _event_count(fengine, ids) - before
+        stale_successes = await events_total(fengine, ids) - before
 
     ledger = read_ledger(fleet.ledger)
     found = oracle.check(db_url, client_log.accepted_ids(), ledger)
