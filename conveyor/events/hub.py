@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,19 +47,25 @@ def event_keys(event: Event) -> list[str]:
 
 @dataclass(eq=False)
 class Subscription:
-    """Events for some keys, in id order; ``owner`` (if set) filters queue events."""
+    """Events for some keys, in id order; ``owner`` (if set) filters queue events.
+
+    A bounded buffer and one waiting reader, without ``asyncio.Queue`` and its timer per
+    wait: a thousand subscribers of one busy execution each wake once per event, so what
+    a wake-up costs is what the fan-out costs. The reader's wake-up deadline is armed
+    once and kept while it does not change (a stream's deadline moves every 30 s).
+    """
 
     keys: set[str]
     owner: str | None
     capacity: int
     quota_owner: str = ""
-    queue: asyncio.Queue[Event] = field(init=False)
     overflowed: bool = False
     closed: bool = False
     registered: bool = True
-
-    def __post_init__(self) -> None:
-        self.queue = asyncio.Queue(self.capacity)
+    _events: deque[Event] = field(init=False, default_factory=deque)
+    _waiter: asyncio.Future[None] | None = field(init=False, default=None)
+    _alarm: asyncio.TimerHandle | None = field(init=False, default=None)
+    _alarm_at: float = field(init=False, default=-1.0)
 
     def wants(self, event: Event) -> bool:
         return self.owner is None or event.owner == self.owner
@@ -66,32 +73,56 @@ class Subscription:
     def offer(self, event: Event) -> None:
         if self.closed:
             return
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if len(self._events) >= self.capacity:
             # a consumer this far behind is cut off; it resumes from the table
             self.overflowed = True
             self.closed = True
+        else:
+            self._events.append(event)
+        self._wake()
 
-    async def next(self, timeout: float | None = None) -> Event | None:
-        """The next event, or ``None`` after ``timeout`` seconds or once cut off."""
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next(self, until: float) -> Event | None:
+        """The next event, or ``None`` once the event loop's clock passes ``until`` or
+        once cut off."""
         if self.overflowed:
             return None
-        if not self.queue.empty():
-            return self.queue.get_nowait()
-        try:
-            # asyncio.timeout, unlike wait_for on 3.11, does not start a task per call
-            async with asyncio.timeout(timeout):
-                return await self.queue.get()
-        except TimeoutError:
+        if self._events:
+            return self._events.popleft()
+        loop = asyncio.get_running_loop()
+        if until <= loop.time():
             return None
+        if until != self._alarm_at:
+            if self._alarm is not None:
+                self._alarm.cancel()
+            self._alarm = loop.call_at(until, self._wake)
+            self._alarm_at = until
+        self._waiter = loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+        if self.overflowed or not self._events:
+            return None
+        return self._events.popleft()
 
     def ready(self, limit: int) -> list[Event]:
         """Up to ``limit`` events already queued, without waiting."""
         found: list[Event] = []
-        while len(found) < limit and not self.queue.empty():
-            found.append(self.queue.get_nowait())
+        while len(found) < limit and self._events:
+            found.append(self._events.popleft())
         return found
+
+    def close(self) -> None:
+        self.closed = True
+        if self._alarm is not None:
+            self._alarm.cancel()
+            self._alarm = None
+        self._wake()
 
 
 class EventHub:
@@ -138,7 +169,7 @@ class EventHub:
                 await self._task
         for subscribers in self._by_key.values():
             for sub in subscribers:
-                sub.closed = True
+                sub.close()
 
     # -- subscribing ------------------------------------------------------------------------
 
@@ -176,7 +207,7 @@ class EventHub:
         if not sub.registered:
             return
         sub.registered = False
-        sub.closed = True
+        sub.close()
         self.remove_keys(sub, list(sub.keys))
         remaining = self._per_owner.get(sub.quota_owner, 1) - 1
         if remaining <= 0:

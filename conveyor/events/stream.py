@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from conveyor.domain.events import TERMINAL_EXECUTION_EVENTS, TERMINAL_JOB_EVENTS, Event
@@ -57,8 +56,9 @@ async def follow(
     ``still_allowed`` is asked every ``recheck_s``: a revoked caller's stream ends.
     """
     is_terminal = terminal_for(key)
-    deadline = time.monotonic() + lifetime_s
-    next_check = time.monotonic() + recheck_s
+    clock = asyncio.get_running_loop().time  # the clock Subscription.next waits on
+    deadline = clock() + lifetime_s
+    next_check = clock() + recheck_s
     sent = after
 
     def fresh(found: list[Event]) -> tuple[list[Event], bool]:
@@ -91,15 +91,14 @@ async def follow(
                 yield batch
             return
         while True:
-            now = time.monotonic()
-            remaining = deadline - now
-            if remaining <= 0:
+            now = clock()
+            if now >= deadline:
                 return  # the client reconnects with fresh credentials
-            if still_allowed is not None and now >= next_check:
-                if not await still_allowed():
+            if now >= next_check:
+                if still_allowed is not None and not await still_allowed():
                     return
                 next_check = now + recheck_s
-            live = await subscription.next(min(remaining, recheck_s))
+            live = await subscription.next(min(deadline, next_check))
             if subscription.overflowed:
                 return  # too far behind: the client resumes from its last id
             if live is None:
