@@ -11,6 +11,7 @@ refused); an HMAC secret shorter than 32 bytes refuses to start.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ class Claims:
     roles: frozenset[str]
     expires_at: float
     issued_by_us: bool
+    token_id: str | None = None  # the ``jti`` claim: what signing out revokes
 
 
 class TokenService:
@@ -137,6 +139,7 @@ class TokenService:
             "iat": now,
             "nbf": now,
             "exp": now + lifetime,
+            "jti": secrets.token_urlsafe(16),
         }
         if self.policy.issuer:
             claims["iss"] = self.policy.issuer
@@ -183,12 +186,14 @@ class TokenService:
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise AuthenticationError("token roles must be a list of strings")
         username = claims.get("name")
+        token_id = claims.get("jti")
         return Claims(
             subject=subject,
             username=username if isinstance(username, str) else None,
             roles=frozenset(r for r in roles if r in ROLES),
             expires_at=float(expires),
             issued_by_us=self.can_issue and claims.get("iss", None) == self.policy.issuer,
+            token_id=token_id if isinstance(token_id, str) and 0 < len(token_id) <= 64 else None,
         )
 
     def _key_for(self, token: str) -> Any:

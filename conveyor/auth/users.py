@@ -7,14 +7,14 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, delete, func, select, update
 
 from conveyor.auth.passwords import hash_password, verify_password
 from conveyor.auth.principal import ROLES, Principal
-from conveyor.auth.tokens import TokenService
+from conveyor.auth.tokens import Claims, TokenService
 from conveyor.domain.ids import new_id
 from conveyor.errors import (
     AuthenticationError,
@@ -24,9 +24,9 @@ from conveyor.errors import (
     QuotaExceededError,
 )
 from conveyor.store.database import Database, Tx
-from conveyor.store.schema import users
+from conveyor.store.schema import revoked_tokens, users
 from conveyor.store.secrets import shared_secret
-from conveyor.store.sql import db_now
+from conveyor.store.sql import db_now, dialect_insert
 
 __all__ = ["Accounts", "LoginLimiter", "User", "check_roles", "shared_secret"]
 
@@ -107,7 +107,8 @@ class Accounts:
         self.db = db
         self.tokens = tokens
         self.limiter = limiter
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        #: (subject, token id) -> (valid until, the principal or why the token is refused)
+        self._cache: dict[tuple[str, str | None], tuple[float, Principal | str]] = {}
 
     # -- users ------------------------------------------------------------------------------
 
@@ -191,29 +192,45 @@ class Accounts:
         return self.tokens.issue(row.id, username=row.username, roles=list(row.roles))
 
     async def principal(self, token: str) -> Principal:
-        """The caller behind a bearer token (users are re-checked every few seconds, so a
-        disabled user loses access quickly even with a valid token)."""
+        """The caller behind a bearer token (users and sign-outs are re-checked every few
+        seconds, so a disabled user or a revoked token loses access quickly everywhere)."""
         claims = self.tokens.verify(token)
         if not claims.issued_by_us:
             return Principal(claims.subject, claims.username or claims.subject, claims.roles)
         now = time.monotonic()
-        cached = self._cache.get(claims.subject)
+        key = (claims.subject, claims.token_id)
+        cached = self._cache.get(key)
         if cached is None or cached[0] < now:
-            row = await self.db.read(
-                lambda c: c.execute(select(users).where(users.c.id == claims.subject)).first()
-            )
-            found = (
-                None
-                if row is None or row.disabled
-                else Principal(row.id, row.username, frozenset(row.roles))
-            )
+            found = await self.db.read(lambda c: _principal_or_refusal(c, claims))
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[claims.subject] = (now + _PRINCIPAL_CACHE_S, found)
-            cached = self._cache[claims.subject]
-        if cached[1] is None:
-            raise AuthenticationError("this account no longer exists or is disabled")
+            cached = self._cache[key] = (now + _PRINCIPAL_CACHE_S, found)
+        if isinstance(cached[1], str):
+            raise AuthenticationError(cached[1])
         return cached[1]
+
+    async def revoke(self, token: str) -> None:
+        """Sign a token out: every replica refuses it from now on (this one at once, the
+        others within the principal cache's few seconds). Idempotent."""
+        claims = self.tokens.verify(token)
+        if not claims.issued_by_us:
+            raise InvalidInputError("this token comes from an identity provider: revoke it there")
+        if claims.token_id is None:
+            raise InvalidInputError("this token has no id to revoke; it expires on its own")
+        token_id = claims.token_id
+        # kept past the token's expiry by the verifier's leeway, then forgotten
+        until = datetime.fromtimestamp(claims.expires_at + self.tokens.policy.leeway_s, UTC)
+
+        def body(tx: Tx) -> None:
+            tx.conn.execute(
+                dialect_insert(tx.dialect, revoked_tokens)
+                .values(token_id=token_id, owner=claims.subject, expires_at=until)
+                .on_conflict_do_nothing(index_elements=["token_id"])
+            )
+            tx.conn.execute(delete(revoked_tokens).where(revoked_tokens.c.expires_at < db_now()))
+
+        await self.db.write(body)
+        self._cache[(claims.subject, token_id)] = (time.monotonic() + _PRINCIPAL_CACHE_S, _REVOKED)
 
     # -- first start ------------------------------------------------------------------------
 
@@ -232,6 +249,22 @@ class Accounts:
         except ConflictError:  # another replica bootstrapped it at the same moment
             return None
         return (name, secret) if generated else None
+
+
+_REVOKED = "this token was signed out"
+
+
+def _principal_or_refusal(conn: Connection, claims: Claims) -> Principal | str:
+    row = conn.execute(select(users).where(users.c.id == claims.subject)).first()
+    if row is None or row.disabled:
+        return "this account no longer exists or is disabled"
+    if claims.token_id is not None:
+        revoked = conn.execute(
+            select(revoked_tokens.c.token_id).where(revoked_tokens.c.token_id == claims.token_id)
+        ).first()
+        if revoked is not None:
+            return _REVOKED
+    return Principal(row.id, row.username, frozenset(row.roles))
 
 
 def _credentials(conn: Connection, username: str) -> Any:

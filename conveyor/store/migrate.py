@@ -18,7 +18,7 @@ from conveyor.errors import StoreUnavailableError
 from conveyor.store.url import sync_url
 
 #: the newest revision in ``migrations/versions``
-HEAD = "0007"
+HEAD = "0008"
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

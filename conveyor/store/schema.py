@@ -259,6 +259,15 @@ stream_tickets = Table(
     Column("created_at", UtcDateTime, nullable=False),
 )
 
+#: tokens signed out before they expire; a row is kept until its token would have expired
+revoked_tokens = Table(
+    "revoked_tokens",
+    metadata,
+    Column("token_id", String(64), primary_key=True),
+    Column("owner", OWNER, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+)
+
 documents = Table(
     "documents",
     metadata,

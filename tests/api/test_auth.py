@@ -391,6 +391,30 @@ def test_disabled_user_cannot_log_in_or_use_a_token(server: Server) -> None:
             assert_unauthorized(client.get(f"{API}/me"))
 
 
+def test_logout_revokes_only_the_token_it_was_called_with(server: Server) -> None:
+    name, password = f"logout-{uuid.uuid4().hex[:8]}", "the-right-password"
+    with api(server, server.admin_token) as admin, api(server, None) as anonymous:
+        created = admin.post(
+            f"{API}/users", json={"username": name, "password": password, "roles": ["user"]}
+        )
+        assert created.status_code == 201, created.text
+        tokens = [
+            anonymous.post(
+                f"{API}/auth/token", json={"username": name, "password": password}
+            ).json()["access_token"]
+            for _ in range(2)
+        ]
+    with api(server, tokens[0]) as leaving, api(server, tokens[1]) as staying:
+        assert leaving.get(f"{API}/jobs").status_code == 200
+        out = leaving.post(f"{API}/auth/logout")
+        assert out.status_code == 204, out.text
+        assert_unauthorized(leaving.get(f"{API}/me"))
+        assert_unauthorized(leaving.get(f"{API}/jobs"))
+        assert_unauthorized(leaving.post(f"{API}/auth/logout"))
+        me = staying.get(f"{API}/me")
+        assert me.status_code == 200 and me.json()["username"] == name, me.text
+
+
 def test_repeated_login_failures_are_rate_limited(strict_server: Server) -> None:
     name = f"victim-{uuid.uuid4().hex[:8]}"
     password = "the-right-password"

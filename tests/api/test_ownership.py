@@ -257,6 +257,7 @@ def other_calls(w: World) -> list[Call]:
 NO_ID_ROUTES: dict[tuple[str, str], str] = {
     ("POST", f"{API}/auth/token"): "login",
     ("GET", f"{API}/me"): "the caller itself",
+    ("POST", f"{API}/auth/logout"): "revokes the caller's own token (test_auth)",
     ("GET", f"{API}/users"): "admin only (test_auth)",
     ("POST", f"{API}/users"): "admin only (test_auth)",
     ("POST", f"{API}/jobs"): "creates B's own job",

@@ -49,7 +49,8 @@ def test_research_runs_live_asks_a_question_and_writes_its_report(
 ) -> None:
     account = new_account(server)
     sign_in(page, server, account)
-    question = f"Agent costs {uuid.uuid4().hex[:6]}"  # vague: the first step will ask
+    # vague (two words; digits are not words): the first step will ask
+    question = f"Agent costs {uuid.uuid4().int % 10**6}"
     execution_id = start_from_form(page, server, "research", {"question": question})
 
     # the detail page: the DAG and the steps, refine_question waiting for an answer

@@ -67,6 +67,22 @@ def test_session_cookie_is_httponly_and_samesite_strict(any_server: Server) -> N
         assert web.get("/executions").status_code == 303
 
 
+def test_signing_out_ends_the_session_everywhere(any_server: Server) -> None:
+    """A copy of the session cookie (another tab, a stolen value) stops working too,
+    on the pages and on the API."""
+    account = new_account(any_server)
+    with Web(any_server) as web:
+        signed_in = web.sign_in(account)
+        token = signed_in.cookies["conveyor_session"]
+        with httpx.Client(base_url=any_server.base, follow_redirects=False) as copy:
+            copy.cookies.set("conveyor_session", token)
+            assert copy.get("/executions").status_code == 200
+            assert web.post("/logout").status_code == 303
+            assert copy.get("/executions").status_code == 303
+            bearer = {"Authorization": f"Bearer {token}"}
+            assert copy.get(f"{API}/me", headers=bearer).status_code == 401
+
+
 def test_sign_in_needs_the_form_token(any_server: Server) -> None:
     account = new_account(any_server)
     credentials = {"username": account.username, "password": account.password}

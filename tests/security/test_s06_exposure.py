@@ -240,6 +240,8 @@ def calls(w: World) -> list[Call]:
         Call("GET", "/healthz", "/healthz"),
         Call("GET", "/readyz", "/readyz"),
         Call("GET", "/metrics", "/metrics", "admin"),
+        # last: it revokes the worker's token
+        Call("POST", f"{API}/auth/logout", f"{API}/auth/logout", "worker"),
     ]
 # fmt: on
 

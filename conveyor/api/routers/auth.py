@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from conveyor.api.deps import Admin, Caller, api_state
+from conveyor.api.deps import Admin, BearerCredentials, Caller, api_state
 from conveyor.api.errors import problem_responses
 from conveyor.api.routers.common import API_PREFIX
 from conveyor.api.schemas import MeOut, TokenOut, TokenRequest, UserCreate, UserOut
@@ -29,6 +29,19 @@ async def token(body: TokenRequest, request: Request) -> dict[str, Any]:
     client = request.client.host if request.client else "unknown"
     access_token, expires_in = await accounts.login(body.username, body.password, client)
     return {"access_token": access_token, "token_type": "bearer", "expires_in": expires_in}
+
+
+@router.post(
+    "/auth/logout",
+    status_code=204,
+    responses=problem_responses(401, 422),
+    summary="Sign out: the bearer token used is refused from now on, by every replica",
+)
+async def logout(caller: Caller, credentials: BearerCredentials, request: Request) -> Response:
+    # ``caller`` has checked the token (a revoked one is already a 401)
+    token = credentials.credentials.strip() if credentials is not None else ""
+    await api_state(request).accounts.revoke(token)
+    return Response(status_code=204)
 
 
 @router.get("/me", response_model=MeOut, responses=problem_responses(401))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -20,8 +21,15 @@ from conveyor.dashboard.session import (
     set_session_cookie,
     tokens_match,
 )
-from conveyor.dashboard.web import PageRoute, PostedForm, read_form, redirect, render
-from conveyor.errors import AuthenticationError, QuotaExceededError
+from conveyor.dashboard.web import (
+    PageRoute,
+    PostedForm,
+    SessionDep,
+    read_form,
+    redirect,
+    render,
+)
+from conveyor.errors import AuthenticationError, ConveyorError, QuotaExceededError
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 NextPage = Annotated[str | None, Query(alias="next", max_length=2000)]
@@ -91,7 +99,10 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout")
-async def logout(request: Request, form: PostedForm) -> Response:
+async def logout(request: Request, session: SessionDep, form: PostedForm) -> Response:
+    """End the session: its token is revoked (a copy of the cookie stops working too)."""
+    with contextlib.suppress(ConveyorError):  # a token without an id expires on its own
+        await api_state(request).accounts.revoke(session.token)
     response = redirect("/login", notice="signed-out")
     clear_session_cookie(request, response)
     return response
