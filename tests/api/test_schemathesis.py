@@ -285,10 +285,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 @pytest.fixture(scope="module")
 def report(served: Served) -> RunReport:
     config = schemathesis.Config.from_path(CONFIG)
-    schema = schemathesis.openapi.from_asgi("/openapi.json", served.api, config=config)
+    served_schema = schemathesis.openapi.from_asgi("/openapi.json", served.api, config=config)
     # signing out revokes the fuzzer's own token: every later call would be a bare 401
     # (tests/api/test_auth.py covers the route)
-    schema = schema.exclude(path="/api/v1/auth/logout")
+    schema = served_schema.exclude(path="/api/v1/auth/logout")
     schema.hooks.register_hook_with_name(keep_failure, "filter_failure")
     result = RunReport()
     started = time.monotonic()
