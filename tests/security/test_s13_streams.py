@@ -191,6 +191,40 @@ async def test_a_revoked_users_stream_ends_within_the_recheck_cap(app_sqlite: Se
     assert again.status_code == 401, again.text
 
 
+async def test_a_signed_out_tokens_stream_ends_within_the_recheck(app_sqlite: Server) -> None:
+    """Signing out revokes the token on this replica at once: its open stream ends at the
+    next re-check (the user's other tokens stay valid: tests/api/test_auth.py)."""
+    app_server = app_sqlite
+    _, token = new_user(app_server)
+    job = await submit(app_server, token, "ticker", count=400, interval=0.05)
+    path = f"{API}/jobs/{job}/events"
+    read = Watched()
+    task = asyncio.create_task(watch(app_server, token, path, read))
+    try:
+        await wait_for(lambda: len(read.events) >= 5, 15, "the first events")
+        async with async_client(app_server, token) as http:
+            out = await http.post(f"{API}/auth/logout")
+            signed_out = time.time()
+            assert out.status_code == 204, out.text
+            await asyncio.wait_for(task, STREAM_RECHECK_S + 10)
+            again = await http.get(path, headers=SSE)
+    finally:
+        task.cancel()
+        await cancel(app_server, job)
+    assert read.status == 200, read.body
+    assert read.ended_at is not None
+    beyond = read.after(signed_out + STREAM_RECHECK_S + SLACK_S)
+    figure(
+        "S13",
+        f"sign-out: SSE ended {read.ended_at - signed_out:.2f}s after (re-check "
+        f"{STREAM_RECHECK_S:g}s); events beyond it {len(beyond)}; reconnect "
+        f"{again.status_code} [{backend(app_server)}]",
+    )
+    assert read.ended_at - signed_out <= STREAM_RECHECK_S + SLACK_S
+    assert not beyond, f"{len(beyond)} events were delivered after the sign-out"
+    assert again.status_code == 401, again.text
+
+
 async def test_a_revoked_users_websocket_subscription_ends_within_the_recheck_cap(
     app_sqlite: Server,
 ) -> None:
