@@ -80,13 +80,6 @@ class Settings(BaseSettings):
         default=1_000_000, ge=1, description="queued or pending jobs one user may have"
     )
     events_poll_s: float = Field(default=1.0, gt=0, le=60)
-    gc_young_threshold: int = Field(
-        default=50_000,
-        ge=0,
-        le=10_000_000,
-        description="allocations between young GC collections in serve and worker "
-        "processes (0: Python's default)",
-    )
 
     # -- outbound HTTP from steps (ctx.http) ------------------------------------------------
     http_allow: list[str] = Field(

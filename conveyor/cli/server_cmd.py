@@ -11,7 +11,6 @@ import typer
 
 from conveyor.auth.users import Accounts, LoginLimiter
 from conveyor.cli.common import console, fail, load_app, print_json, run, settings_from
-from conveyor.gc_tuning import tune_for_service
 from conveyor.logs import configure_logging
 from conveyor.runtime import Runtime
 
@@ -67,7 +66,6 @@ def serve(
     )
     listener = config.bind_socket()
     abort_stalled_peers(listener, settings.stream_send_timeout_s)
-    tune_for_service(settings.gc_young_threshold)
     server = uvicorn.Server(config)
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[listener])

@@ -9,7 +9,6 @@ import threading
 
 from conveyor.app import Conveyor
 from conveyor.cli.common import console, run
-from conveyor.gc_tuning import tune_for_service
 from conveyor.logs import configure_logging
 from conveyor.runtime import Runtime
 from conveyor.settings import Settings
@@ -23,7 +22,6 @@ def run_worker(
     worker_id: str | None,
 ) -> None:
     configure_logging()
-    tune_for_service(settings.gc_young_threshold)
 
     async def go() -> None:
         runtime = Runtime(app, settings)
