@@ -88,8 +88,8 @@ class Subscription:
 
     async def next(self, until: float) -> Event | None:
         """The next event, or ``None`` once the event loop's clock passes ``until`` or
-        once cut off."""
-        if self.overflowed:
+        once closed (cut off, unsubscribed, or the hub stopped)."""
+        if self.closed:
             return None
         if self._events:
             return self._events.popleft()
@@ -106,7 +106,7 @@ class Subscription:
             await self._waiter
         finally:
             self._waiter = None
-        if self.overflowed or not self._events:
+        if self.closed or not self._events:
             return None
         return self._events.popleft()
 
@@ -122,6 +122,7 @@ class Subscription:
         if self._alarm is not None:
             self._alarm.cancel()
             self._alarm = None
+            self._alarm_at = -1.0
         self._wake()
 
 

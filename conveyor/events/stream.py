@@ -99,8 +99,8 @@ async def follow(
                     return
                 next_check = now + recheck_s
             live = await subscription.next(min(deadline, next_check))
-            if subscription.overflowed:
-                return  # too far behind: the client resumes from its last id
+            if subscription.closed:
+                return  # too far behind, or the server stops: the client resumes from its last id
             if live is None:
                 continue
             queued = [live, *subscription.ready(LIVE_BATCH - 1)]

@@ -80,3 +80,5 @@ async def test_close_wakes_the_reader_and_cancels_its_timer() -> None:
     sub.close()
     assert await reader is None
     assert alarm.cancelled()
+    # closed for good: a later wait answers at once instead of waiting for nothing
+    assert await sub.next(loop.time() + 60) is None
