@@ -30,6 +30,7 @@ from conveyor.auth.principal import Principal
 from conveyor.domain.events import Event
 from conveyor.engine.views import event_json
 from conveyor.errors import AuthenticationError, ConveyorError, InvalidInputError
+from conveyor.events.hub import EventHub, Subscription
 from conveyor.events.stream import Finished, follow, open_subscription
 
 log = logging.getLogger("conveyor.api.streams")
@@ -142,9 +143,14 @@ def sse_response(
         ping=15,
         send_timeout=state.settings.stream_send_timeout_s,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        # if the client goes away before the stream starts, free the subscription
-        background=BackgroundTask(state.hub.unsubscribe, subscription),
+        # if the client goes away before the stream starts, free the subscription (on the
+        # event loop: a sync function would run in a thread, beside the hub's delivery)
+        background=BackgroundTask(_release, state.hub, subscription),
     )
+
+
+async def _release(hub: EventHub, subscription: Subscription) -> None:
+    hub.unsubscribe(subscription)
 
 
 class _EventStream(EventSourceResponse):
