@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,25 +158,50 @@ async def test_a_stream_ends_when_its_token_expires(
     assert int(resumed.events[0].id or 0) > int(last_id), "the resumed stream repeated events"
 
 
-async def test_a_revoked_users_stream_ends_within_the_recheck_cap(app_sqlite: Server) -> None:
-    app_server = app_sqlite
-    user_id, token = new_user(app_server)
-    job = await submit(app_server, token, "ticker", count=400, interval=0.05)
+@dataclass
+class CutStream:
+    """An SSE stream on a busy job, cut by revoking its caller mid-stream."""
+
+    read: Watched
+    revoked_at: float  # time.time() right after the revocation
+    reconnect_status: int  # the same token, after the stream ended
+    reconnect_body: str
+
+
+async def stream_until_revoked(
+    server: Server, token: str, revoke: Callable[[], Awaitable[None]], wait_s: float
+) -> CutStream:
+    """Open a stream with ``token``, ``revoke()`` once it delivers, wait up to ``wait_s``
+    for the server to end it, then reconnect with the same token."""
+    job = await submit(server, token, "ticker", count=400, interval=0.05)
     path = f"{API}/jobs/{job}/events"
-    cap = STREAM_RECHECK_S + PRINCIPAL_CACHE_S
     read = Watched()
-    task = asyncio.create_task(watch(app_server, token, path, read))
+    task = asyncio.create_task(watch(server, token, path, read))
     try:
         await wait_for(lambda: len(read.events) >= 5, 15, "the first events")
-        await asyncio.to_thread(set_disabled, app_server, user_id)
-        revoked = time.time()
-        await asyncio.wait_for(task, cap + 10)
-        async with async_client(app_server, token) as http:
+        await revoke()
+        revoked_at = time.time()
+        await asyncio.wait_for(task, wait_s)
+        async with async_client(server, token) as http:
             again = await http.get(path, headers=SSE)
     finally:
         task.cancel()
-        await cancel(app_server, job)
+        await cancel(server, job)
     assert read.status == 200, read.body
+    assert read.ended_at is not None
+    return CutStream(read, revoked_at, again.status_code, again.text)
+
+
+async def test_a_revoked_users_stream_ends_within_the_recheck_cap(app_sqlite: Server) -> None:
+    app_server = app_sqlite
+    user_id, token = new_user(app_server)
+    cap = STREAM_RECHECK_S + PRINCIPAL_CACHE_S
+
+    async def disable() -> None:
+        await asyncio.to_thread(set_disabled, app_server, user_id)
+
+    cut = await stream_until_revoked(app_server, token, disable, cap + 10)
+    read, revoked = cut.read, cut.revoked_at
     assert read.ended_at is not None
     after = read.after(revoked)
     beyond = read.after(revoked + cap + SLACK_S)
@@ -184,11 +210,11 @@ async def test_a_revoked_users_stream_ends_within_the_recheck_cap(app_sqlite: Se
         f"revocation (re-check {STREAM_RECHECK_S:g}s + principal cache "
         f"{PRINCIPAL_CACHE_S:g}s = cap {cap:g}s): SSE ended {read.ended_at - revoked:.2f}s "
         f"after; events after revocation {len(after)}, beyond the cap {len(beyond)}; "
-        f"reconnect {again.status_code} [{backend(app_server)}]",
+        f"reconnect {cut.reconnect_status} [{backend(app_server)}]",
     )
     assert read.ended_at - revoked <= cap + SLACK_S, "the stream outlived the revocation cap"
     assert not beyond, f"{len(beyond)} events were delivered beyond the cap"
-    assert again.status_code == 401, again.text
+    assert cut.reconnect_status == 401, cut.reconnect_body
 
 
 async def test_a_signed_out_tokens_stream_ends_within_the_recheck(app_sqlite: Server) -> None:
@@ -196,33 +222,25 @@ async def test_a_signed_out_tokens_stream_ends_within_the_recheck(app_sqlite: Se
     next re-check (the user's other tokens stay valid: tests/api/test_auth.py)."""
     app_server = app_sqlite
     _, token = new_user(app_server)
-    job = await submit(app_server, token, "ticker", count=400, interval=0.05)
-    path = f"{API}/jobs/{job}/events"
-    read = Watched()
-    task = asyncio.create_task(watch(app_server, token, path, read))
-    try:
-        await wait_for(lambda: len(read.events) >= 5, 15, "the first events")
+
+    async def sign_out() -> None:
         async with async_client(app_server, token) as http:
             out = await http.post(f"{API}/auth/logout")
-            signed_out = time.time()
-            assert out.status_code == 204, out.text
-            await asyncio.wait_for(task, STREAM_RECHECK_S + 10)
-            again = await http.get(path, headers=SSE)
-    finally:
-        task.cancel()
-        await cancel(app_server, job)
-    assert read.status == 200, read.body
+        assert out.status_code == 204, out.text
+
+    cut = await stream_until_revoked(app_server, token, sign_out, STREAM_RECHECK_S + 10)
+    read, signed_out = cut.read, cut.revoked_at
     assert read.ended_at is not None
     beyond = read.after(signed_out + STREAM_RECHECK_S + SLACK_S)
     figure(
         "S13",
         f"sign-out: SSE ended {read.ended_at - signed_out:.2f}s after (re-check "
         f"{STREAM_RECHECK_S:g}s); events beyond it {len(beyond)}; reconnect "
-        f"{again.status_code} [{backend(app_server)}]",
+        f"{cut.reconnect_status} [{backend(app_server)}]",
     )
     assert read.ended_at - signed_out <= STREAM_RECHECK_S + SLACK_S
     assert not beyond, f"{len(beyond)} events were delivered after the sign-out"
-    assert again.status_code == 401, again.text
+    assert cut.reconnect_status == 401, cut.reconnect_body
 
 
 async def test_a_revoked_users_websocket_subscription_ends_within_the_recheck_cap(
